@@ -1,0 +1,52 @@
+"""``celery -A proj reliable ...``: operate celery_reliable from the command line."""
+
+from __future__ import annotations
+
+import click
+from celery.bin.base import CeleryCommand, handle_preload_options
+
+from .exceptions import ReliableError
+from .migrate import current_revision, head_revision, upgrade
+
+
+@click.group(name="reliable")
+@click.pass_context
+@handle_preload_options
+def reliable(ctx: click.Context) -> None:
+    """celery_reliable: failed tasks, migrations and checks."""
+
+
+@reliable.group()
+def db() -> None:
+    """Schema migrations of the reliability tables."""
+
+
+@db.command(cls=CeleryCommand)
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.pass_context
+def upgrade_cmd(ctx: click.Context, revision: str) -> None:
+    """Create or update the reliability tables."""
+    app = ctx.obj.app
+    try:
+        upgrade(app, revision)
+        ctx.obj.echo(f"reliability tables at revision {current_revision(app)}")
+    except ReliableError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+upgrade_cmd.name = "upgrade"
+
+
+@db.command(cls=CeleryCommand)
+@click.pass_context
+def current(ctx: click.Context) -> None:
+    """Show the schema revision of the database and the newest one shipped."""
+    app = ctx.obj.app
+    try:
+        rev = current_revision(app)
+    except ReliableError as exc:
+        raise click.ClickException(str(exc)) from None
+    head = head_revision()
+    ctx.obj.echo(f"database: {rev or 'not migrated'}  shipped head: {head}")
+    if rev != head:
+        ctx.exit(1)

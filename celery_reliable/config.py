@@ -1,0 +1,258 @@
+"""Every ``reliable_*`` setting: its type, default and meaning, in one place.
+
+Settings are read from ``app.conf`` (so ``config_from_object``, Django's ``CELERY_`` namespace and
+``app.conf.update`` all work) with ``app.conf.get``: never ``add_defaults``, which would shadow the
+values a user sets with ``config_from_object``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from celery import Celery
+
+from .exceptions import ImproperlyConfigured
+
+#: Prefix of every key in the Celery configuration.
+PREFIX = "reliable_"
+
+_RETRY_POLICY_KEYS = {"max_retries", "backoff", "backoff_max", "countdown"}
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class ReliableSettings:
+    """All celery_reliable settings; the Celery key of field ``x`` is ``reliable_x``."""
+
+    database_url: str = field(
+        default="sqlite:///celery_reliable.sqlite3",
+        metadata=_doc(
+            "SQLAlchemy URL of the reliability tables (failed tasks, processed ids). "
+            "Point it at the database your tasks write to, so completion can be recorded "
+            "in the task's own transaction."
+        ),
+    )
+    max_retries: int = field(
+        default=5,
+        metadata=_doc("Retries of a failing task (and of a lost worker) before the failure is stored."),
+    )
+    retry_backoff: float = field(
+        default=2.0,
+        metadata=_doc("Base of the exponential backoff, seconds: retry n waits up to backoff * 2**n."),
+    )
+    retry_backoff_max: float = field(
+        default=300.0,
+        metadata=_doc("Longest wait between retries, seconds; also kept below the visibility timeout."),
+    )
+    retry_jitter: bool = field(
+        default=True,
+        metadata=_doc("Full jitter: wait a random time between 0 and the backoff, to spread retries."),
+    )
+    retry_for: tuple[str, ...] = field(
+        default=("builtins.Exception",),
+        metadata=_doc("Dotted names of the exceptions that are retried (subclasses included)."),
+    )
+    permanent_exceptions: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Dotted names of exceptions that are stored at once without retry, "
+            "in addition to celery_reliable.PermanentError."
+        ),
+    )
+    retry_policies: Mapping[str, Mapping[str, float]] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "Per-exception retry policy: {'pkg.mod.Error': {'max_retries': 10, 'backoff': 1, "
+            "'backoff_max': 60, 'countdown': 5}}; the most specific class wins."
+        ),
+    )
+    idempotent: bool = field(
+        default=False,
+        metadata=_doc("Make every ReliableTask idempotent: a task id already completed is not run again."),
+    )
+    idempotency_retention: float = field(
+        default=7 * 24 * 3600.0,
+        metadata=_doc("How long completed task ids are kept, seconds (longer than any redelivery)."),
+    )
+    visibility_timeout: float = field(
+        default=600.0,
+        metadata=_doc(
+            "Redis: seconds before an unacknowledged message of a dead worker is delivered again. "
+            "Raised automatically above the longest task time_limit."
+        ),
+    )
+    restore_interval: float = field(
+        default=10.0,
+        metadata=_doc("Redis: seconds between sweeps that give back messages of dead workers."),
+    )
+    apply_transport_defaults: bool = field(
+        default=True,
+        metadata=_doc(
+            "Apply the recommended broker settings (visibility timeout, restore sweep, "
+            "prefetch multiplier 1, socket timeouts) unless you set them yourself."
+        ),
+    )
+    cleanup_interval: float | None = field(
+        default=3600.0,
+        metadata=_doc(
+            "Seconds between runs of the beat task celery_reliable.cleanup, which deletes "
+            "processed ids past their retention; None leaves it out of the beat schedule."
+        ),
+    )
+    store_unknown_messages: bool = field(
+        default=True,
+        metadata=_doc("Store messages for unknown task names and invalid messages instead of dropping them."),
+    )
+    failure_events: bool = field(
+        default=True,
+        metadata=_doc("Send a 'task-reliable-failure-stored' event (seen by Flower) for every stored failure."),
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("max_retries",):
+            if getattr(self, name) < 0:
+                raise _bad(name, getattr(self, name), "an integer >= 0")
+        for name in ("retry_backoff", "retry_backoff_max", "idempotency_retention"):
+            if getattr(self, name) < 0:
+                raise _bad(name, getattr(self, name), "a number of seconds >= 0")
+        if self.cleanup_interval is not None and self.cleanup_interval <= 0:
+            raise _bad("cleanup_interval", self.cleanup_interval, "a number of seconds > 0, or None")
+        for name in ("visibility_timeout", "restore_interval"):
+            if getattr(self, name) <= 0:
+                raise _bad(name, getattr(self, name), "a number of seconds > 0")
+        for exc_name, policy in self.retry_policies.items():
+            if not isinstance(policy, Mapping):
+                raise _bad("retry_policies", {exc_name: policy}, "a mapping of keyword to number")
+            unknown = set(policy) - _RETRY_POLICY_KEYS
+            if unknown:
+                raise _bad(
+                    "retry_policies",
+                    {exc_name: dict(policy)},
+                    f"the keys {sorted(_RETRY_POLICY_KEYS)} (unknown: {sorted(unknown)})",
+                )
+            for key, value in policy.items():
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    raise _bad("retry_policies", {exc_name: dict(policy)}, f"{key!r} as a number >= 0")
+
+
+def _bad(name: str, value: object, accepted: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(
+        f"{PREFIX}{name} = {value!r} is not valid: expected {accepted}. "
+        f"See the configuration reference for {PREFIX}{name}."
+    )
+
+
+#: Setting name -> dataclass field, for validation and docs.
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in fields(ReliableSettings)}
+
+_TYPE_NAMES = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "float | None": "a number or None",
+    "bool": "True or False",
+    "tuple[str, ...]": "a list of dotted exception names",
+    "Mapping[str, Mapping[str, float]]": "a mapping of dotted exception name to policy",
+}
+
+_cache: weakref.WeakKeyDictionary[Celery, ReliableSettings] = weakref.WeakKeyDictionary()
+
+
+def describe_type(f: dataclasses.Field[Any]) -> str:
+    """Human words for a field's type, used in errors and in the docs table."""
+    return _TYPE_NAMES.get(str(f.type), str(f.type))
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check ``value`` against the declared type of ``name``; return it in canonical form."""
+    f = FIELDS[name]
+    kind = str(f.type)
+    ok: bool
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind in ("float", "float | None"):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif kind == "str":
+        ok = isinstance(value, str) and bool(value)
+    elif kind == "tuple[str, ...]":
+        if isinstance(value, str):
+            value = (value,)
+        ok = isinstance(value, list | tuple) and all(
+            isinstance(v, str) and re.fullmatch(r"[\w.]+", v) for v in value
+        )
+        if ok:
+            value = tuple(value)
+    else:  # mapping
+        ok = isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+        if ok:
+            value = {k: dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
+    if not ok:
+        raise _bad(name, value, describe_type(f))
+    return value
+
+
+def _configured_keys(app: Celery) -> dict[str, str]:
+    """Map setting name -> the key it was found under, for every ``reliable_*`` key the user set."""
+    namespace = (getattr(app, "namespace", None) or "").upper()
+    pattern = re.compile(
+        rf"^(?:{re.escape(namespace)}_)?{PREFIX}(.+)$" if namespace else rf"^{PREFIX}(.+)$",
+        re.IGNORECASE,
+    )
+    found: dict[str, str] = {}
+    for key in list(app.conf.keys()):
+        if not isinstance(key, str):
+            continue
+        match = pattern.match(key)
+        if match:
+            found[match.group(1).lower()] = key
+    return found
+
+
+def load_settings(app: Celery) -> ReliableSettings:
+    """Read, validate and return the settings of ``app`` (not cached).
+
+    Raises:
+        ImproperlyConfigured: an unknown key, or a value of the wrong type or range.
+    """
+    values: dict[str, Any] = {}
+    for name, key in _configured_keys(app).items():
+        if name not in FIELDS:
+            near = difflib.get_close_matches(name, FIELDS, n=1)
+            hint = f" Did you mean {PREFIX}{near[0]}?" if near else ""
+            raise ImproperlyConfigured(
+                f"Unknown setting {key!r} (value {app.conf.get(key)!r}).{hint} "
+                f"Valid settings: {', '.join(PREFIX + n for n in FIELDS)}."
+            )
+        value = app.conf.get(key)
+        if value is None:
+            if "None" in str(FIELDS[name].type):
+                values[name] = None
+            continue
+        values[name] = _coerce(name, value)
+    return ReliableSettings(**values)
+
+
+def get_settings(app: Celery) -> ReliableSettings:
+    """The validated settings of ``app``, read once and cached per app."""
+    cached = _cache.get(app)
+    if cached is None:
+        cached = _cache[app] = load_settings(app)
+    return cached
+
+
+def reset_settings(app: Celery) -> None:
+    """Forget the cached settings of ``app`` (after changing its configuration)."""
+    _cache.pop(app, None)

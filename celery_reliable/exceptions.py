@@ -1,0 +1,41 @@
+"""Errors raised by celery_reliable.
+
+The tree::
+
+    ReliableError
+     ├── ImproperlyConfigured   (also celery.exceptions.ImproperlyConfigured)
+     ├── StoreError             the database could not be read or written
+     ├── ReplayError            a failed row could not be replayed
+     └── PermanentError         raised by task code: store the failure now, never retry
+
+Every message names the problem, the value at fault and the fix.
+"""
+
+from __future__ import annotations
+
+from celery.exceptions import ImproperlyConfigured as CeleryImproperlyConfigured
+
+
+class ReliableError(Exception):
+    """Base class of every celery_reliable error."""
+
+
+class ImproperlyConfigured(ReliableError, CeleryImproperlyConfigured):
+    """A ``reliable_*`` setting or a task option is missing, unknown or of the wrong type."""
+
+
+class StoreError(ReliableError):
+    """The reliability tables could not be read or written (database down, not migrated)."""
+
+
+class ReplayError(ReliableError):
+    """A failed task could not be replayed (unknown id, unregistered task, already replayed)."""
+
+
+class PermanentError(ReliableError):
+    """Raise from a task when retrying cannot help: the failure is stored at once.
+
+    Wrap the real cause to keep it in the stored traceback::
+
+        raise PermanentError("customer 42 does not exist") from exc
+    """

@@ -1,0 +1,149 @@
+"""Switch celery_reliable on for an app: validate settings, apply broker defaults, connect hooks.
+
+Called from ``ReliableTask.on_bound`` (so nothing is needed beyond using the task class) and
+safe to call again: the work is done once per app.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+from celery import Celery, signals
+
+from .config import ReliableSettings, get_settings
+from .retry import VISIBILITY_MARGIN
+
+logger = logging.getLogger(__name__)
+
+#: The consumer Celery uses unless told otherwise; replaced by ours only when left at this value.
+DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"
+RELIABLE_CONSUMER = "celery_reliable.consumer:ReliableConsumer"
+#: Celery's default prefetch multiplier; with late ack, 1 keeps fewer messages held per worker.
+DEFAULT_PREFETCH = 4
+#: RabbitMQ's default ``consumer_timeout`` (30 min): an unacked delivery held longer is requeued.
+AMQP_CONSUMER_TIMEOUT = 1800.0
+#: Added to the longest hard time limit when raising the visibility timeout above it.
+TIME_LIMIT_MARGIN = 60.0
+
+REDIS_SCHEMES = ("redis", "rediss", "sentinel", "socket")
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+
+_installed: weakref.WeakSet[Celery] = weakref.WeakSet()
+#: apps whose visibility timeout we chose (the user did not set one)
+_owns_visibility: weakref.WeakSet[Celery] = weakref.WeakSet()
+
+
+def broker_scheme(app: Celery) -> str:
+    """The transport name of the app's broker (``redis``, ``amqp``, ``memory``...)."""
+    transport = app.conf.broker_transport
+    if transport:
+        return str(transport).split(":")[0].split("+")[0].lower()
+    url = app.conf.broker_read_url or app.conf.broker_url or ""
+    if isinstance(url, list | tuple):
+        url = url[0] if url else ""
+    url = str(url).split(";")[0]
+    return url.split("://", 1)[0].split("+")[0].lower() if "://" in url else "amqp"
+
+
+def install(app: Celery) -> ReliableSettings:
+    """Validate the settings of ``app`` and switch its reliability hooks on (idempotent)."""
+    settings = get_settings(app)
+    if app in _installed:
+        return settings
+    _installed.add(app)
+    if settings.apply_transport_defaults:
+        _apply_transport_defaults(app, settings)
+    if settings.store_unknown_messages and app.conf.worker_consumer == DEFAULT_CONSUMER:
+        app.conf.worker_consumer = RELIABLE_CONSUMER
+    _schedule_cleanup(app, settings)
+    _connect_receivers()
+    return settings
+
+
+def _apply_transport_defaults(app: Celery, settings: ReliableSettings) -> None:
+    scheme = broker_scheme(app)
+    if scheme in REDIS_SCHEMES:
+        options: dict[str, Any] = dict(app.conf.broker_transport_options or {})
+        if "visibility_timeout" not in options:
+            options["visibility_timeout"] = settings.visibility_timeout
+            _owns_visibility.add(app)
+        options.setdefault("unacked_restore_interval", settings.restore_interval)
+        options.setdefault("unacked_restore_throttle", 1)
+        options.setdefault("socket_connect_timeout", 10)
+        app.conf.broker_transport_options = options
+        if app.conf.worker_prefetch_multiplier == DEFAULT_PREFETCH:
+            app.conf.worker_prefetch_multiplier = 1
+    elif scheme in AMQP_SCHEMES:
+        if app.conf.worker_prefetch_multiplier == DEFAULT_PREFETCH:
+            app.conf.worker_prefetch_multiplier = 1
+
+
+def fit_visibility_timeout(app: Celery, time_limit: float | None) -> None:
+    """Raise the visibility timeout we chose above a task's hard time limit.
+
+    A task still running when its message becomes visible again runs twice; a task killed at
+    its time limit cannot run longer than that, so this keeps long tasks single.
+    """
+    if app not in _owns_visibility or not time_limit:
+        return
+    options = dict(app.conf.broker_transport_options or {})
+    needed = float(time_limit) + TIME_LIMIT_MARGIN
+    if float(options.get("visibility_timeout", 0)) < needed:
+        options["visibility_timeout"] = needed
+        app.conf.broker_transport_options = options
+        logger.info("visibility_timeout raised to %.0fs to exceed a task time limit", needed)
+
+
+def visibility_timeout(app: Celery) -> float | None:
+    """Seconds after which the broker redelivers an unacknowledged message, if it does."""
+    scheme = broker_scheme(app)
+    if scheme in REDIS_SCHEMES:
+        options = app.conf.broker_transport_options or {}
+        return float(options.get("visibility_timeout", 3600))
+    if scheme in AMQP_SCHEMES:
+        return AMQP_CONSUMER_TIMEOUT
+    return None
+
+
+def retry_ceiling(app: Celery) -> float | None:
+    """Longest retry delay that stays below the redelivery timeout (a margin kept)."""
+    timeout = visibility_timeout(app)
+    if timeout is None:
+        return None
+    return max(timeout - VISIBILITY_MARGIN, timeout / 2)
+
+
+def _schedule_cleanup(app: Celery, settings: ReliableSettings) -> None:
+    if settings.cleanup_interval is None:
+        return
+    app.add_periodic_task(
+        settings.cleanup_interval,
+        app.signature("celery_reliable.cleanup"),
+        name="celery_reliable.cleanup",
+    )
+
+
+_receivers_connected = False
+
+
+def _connect_receivers() -> None:
+    global _receivers_connected
+    if _receivers_connected:
+        return
+    _receivers_connected = True
+    signals.worker_process_init.connect(_after_fork, weak=False)
+
+
+def _after_fork(**_: Any) -> None:
+    """Each pool process opens its own database connections."""
+    from .store.engine import reset_after_fork
+
+    for app in list(_installed):
+        reset_after_fork(app)
+
+
+def installed(app: Celery) -> bool:
+    """True once :func:`install` ran for ``app``."""
+    return app in _installed

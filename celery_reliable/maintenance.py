@@ -1,0 +1,21 @@
+"""Library tasks that keep the tables small; scheduled by beat (see ``install``)."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task, shared_task
+
+from .config import get_settings
+from .store.processed import purge_processed
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="celery_reliable.cleanup", bind=True, ignore_result=True)
+def cleanup(self: Task) -> int:  # type: ignore[type-arg]
+    """Delete processed task ids older than ``reliable_idempotency_retention``."""
+    removed = purge_processed(self.app, get_settings(self.app).idempotency_retention)
+    if removed:
+        logger.info("celery_reliable.cleanup removed %d processed ids", removed)
+    return removed

@@ -1,0 +1,88 @@
+"""Turning a task request into a :class:`FailureRecord` that can be replayed."""
+
+from __future__ import annotations
+
+import traceback as tb_module
+from collections.abc import Mapping
+from typing import Any
+
+from .store.failures import FailureRecord
+
+#: Message headers of Celery's task protocol 2 (and what the worker adds to the request);
+#: anything else in the request is a user header and is kept for replay.
+STANDARD_HEADERS = frozenset(
+    {
+        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
+        "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
+        "replaced_task_nesting", "stamped_headers", "stamps", "properties", "reply_to",
+        "correlation_id", "hostname", "delivery_info", "args", "kwargs", "callbacks",
+        "errbacks", "chain", "chord", "is_eager", "called_directly", "headers", "loglevel",
+        "logfile", "utc", "taskset", "delivery_tag", "timelimit", "_children", "_protected",
+        "_children", "task_name", "worker_pid", "content_type", "content_encoding",
+    }
+)  # fmt: skip
+
+
+def _signatures(value: Any) -> list[dict[str, Any]] | None:
+    if not value:
+        return None
+    return [dict(sig) for sig in value]
+
+
+def replay_options(request: Mapping[str, Any]) -> dict[str, Any]:
+    """Delivery options needed to send the same message again."""
+    delivery = request.get("delivery_info") or {}
+    user_headers = dict(request.get("headers") or {})
+    user_headers.update(
+        {k: v for k, v in request.items() if k not in STANDARD_HEADERS and not k.startswith("_")}
+    )
+    options: dict[str, Any] = {
+        "exchange": delivery.get("exchange"),
+        "routing_key": delivery.get("routing_key"),
+        "priority": delivery.get("priority"),
+        "parent_id": request.get("parent_id"),
+        "root_id": request.get("root_id"),
+        "shadow": request.get("shadow"),
+        "headers": user_headers,
+        "link": _signatures(request.get("callbacks")),
+        "link_error": _signatures(request.get("errbacks")),
+    }
+    return {k: v for k, v in options.items() if v not in (None, {}, [])}
+
+
+def format_exception(exc: BaseException, traceback: str | None = None) -> tuple[str, str, str]:
+    """(qualified type name, message, traceback text) of ``exc``."""
+    klass = type(exc)
+    exc_type = f"{klass.__module__}.{klass.__qualname__}".removeprefix("builtins.")
+    if traceback is None:
+        traceback = "".join(tb_module.format_exception(klass, exc, exc.__traceback__))
+    return exc_type, str(exc), traceback or ""
+
+
+def from_request(
+    task_name: str,
+    request: Mapping[str, Any],
+    exc: BaseException,
+    *,
+    reason: str,
+    traceback: str | None = None,
+    hostname: str = "",
+) -> FailureRecord:
+    """A record of the final failure of the task described by ``request``."""
+    exc_type, message, text = format_exception(exc, traceback)
+    headers = request.get("headers") or {}
+    replay_of = headers.get("x_reliable_replay_of") or request.get("x_reliable_replay_of")
+    return FailureRecord(
+        task_id=str(request.get("id")),
+        task_name=task_name,
+        reason=reason,
+        args=list(request.get("args") or ()),
+        kwargs=dict(request.get("kwargs") or {}),
+        options=replay_options(request),
+        exc_type=exc_type,
+        exc_message=message,
+        traceback=text,
+        attempts=int(request.get("retries") or 0) + 1,
+        hostname=hostname or str(request.get("hostname") or ""),
+        replay_of_id=int(replay_of) if isinstance(replay_of, int | str) and str(replay_of).isdigit() else None,
+    )

@@ -1,0 +1,168 @@
+"""Send a stored failure again: same task, arguments and delivery options (or edited ones).
+
+A row is claimed (``failed`` -> ``replaying``) in one conditional UPDATE before anything is sent,
+so two replays of the same row can never both send. Only task names registered in the app are
+sent, so an edited row cannot make a worker run an arbitrary task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, uuid
+from celery.canvas import Signature
+
+from . import events
+from .exceptions import ReplayError
+from .store.failures import (
+    FailureFilter,
+    claim_for_replay,
+    finish_replay,
+    get_failure,
+    list_failures,
+)
+from .store.models import FailedTask, FailureStatus
+from .store.payload import NotJSONError, from_stored, is_replayable, to_stored
+
+logger = logging.getLogger(__name__)
+
+#: Header linking a replayed delivery to the failed row it came from.
+REPLAY_HEADER = "x_reliable_replay_of"
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """One replayed (or, with ``dry_run``, replayable) failed task."""
+
+    failure_id: int
+    task_name: str
+    task_id: str  #: id of the new delivery ("" for a dry run)
+    sent: bool
+
+
+def _check(app: Celery, row: FailedTask, resume: bool) -> None:
+    if row.status == FailureStatus.REPLAYED:
+        raise ReplayError(
+            f"failed task {row.id} was already replayed as {row.replay_task_id}; "
+            "a row is replayed once (replay the new delivery's failure if it failed again)."
+        )
+    if row.status == FailureStatus.REPLAYING and not resume:
+        raise ReplayError(
+            f"failed task {row.id} is being replayed as {row.replay_task_id}; if that replay "
+            "died before it finished, replay again with resume=True (same new task id)."
+        )
+    if row.task_name not in app.tasks:
+        raise ReplayError(
+            f"task {row.task_name!r} of failed task {row.id} is not registered in app "
+            f"{app.main!r}; only registered tasks can be replayed (deploy the task or purge the row)."
+        )
+    if not (is_replayable(row.args) and is_replayable(row.kwargs)):
+        raise ReplayError(
+            f"failed task {row.id} has arguments that were not stored as JSON; "
+            "replay it with edited args/kwargs."
+        )
+
+
+def _validate_edit(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
+    if args is not None and (isinstance(args, str | bytes) or not isinstance(args, Sequence)):
+        raise ReplayError(f"args must be a list, got {args!r}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise ReplayError(f"kwargs must be a mapping, got {kwargs!r}")
+    try:
+        to_stored([list(args or ()), dict(kwargs or {})])
+    except NotJSONError as exc:
+        raise ReplayError(f"edited arguments {exc}") from None
+
+
+def _send_options(app: Celery, row: FailedTask, queue: str | None) -> dict[str, Any]:
+    stored: dict[str, Any] = dict(row.options or {})
+    headers = dict(from_stored(stored.get("headers") or {}))
+    headers[REPLAY_HEADER] = row.id
+    options: dict[str, Any] = {"headers": headers}
+    routing_key = stored.get("routing_key")
+    if queue:
+        options["queue"] = queue
+    elif routing_key and routing_key in app.amqp.queues:
+        options["queue"] = routing_key
+    elif routing_key:
+        options["exchange"] = stored.get("exchange") or ""
+        options["routing_key"] = routing_key
+    for key in ("priority", "parent_id", "root_id", "shadow"):
+        if stored.get(key) is not None:
+            options[key] = stored[key]
+    for key in ("link", "link_error"):
+        if stored.get(key):
+            options[key] = [Signature(s, app=app) for s in stored[key]]
+    return options
+
+
+def replay(
+    app: Celery,
+    failure_id: int,
+    *,
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    queue: str | None = None,
+    dry_run: bool = False,
+    resume: bool = False,
+) -> ReplayResult:
+    """Send failed task ``failure_id`` again and mark it replayed.
+
+    Args:
+        args, kwargs: replace the stored arguments (e.g. after fixing bad input).
+        queue: send to this queue instead of the original one.
+        dry_run: check that the row can be replayed, send nothing.
+        resume: finish a replay that died between claiming the row and sending.
+
+    Raises:
+        ReplayError: unknown id, already replayed, unregistered task, bad edited arguments,
+            or the broker refused the message (the row is then ``failed`` again).
+    """
+    row = get_failure(app, failure_id)
+    if row is None:
+        raise ReplayError(f"no failed task with id {failure_id}")
+    _check(app, row, resume)
+    _validate_edit(args, kwargs)
+    if dry_run:
+        return ReplayResult(row.id, row.task_name, "", sent=False)
+    send_args = list(args) if args is not None else list(from_stored(row.args) or [])
+    send_kwargs = dict(kwargs) if kwargs is not None else dict(from_stored(row.kwargs) or {})
+    if row.status == FailureStatus.REPLAYING and row.replay_task_id:
+        new_id = row.replay_task_id
+    else:
+        new_id = uuid()
+        if not claim_for_replay(app, row.id, new_id):
+            raise ReplayError(f"failed task {row.id} was claimed by another replay")
+    try:
+        app.send_task(
+            row.task_name, send_args, send_kwargs, task_id=new_id, **_send_options(app, row, queue)
+        )
+    except Exception as exc:
+        finish_replay(app, row.id, sent=False)
+        raise ReplayError(f"failed task {row.id} could not be sent: {exc}") from exc
+    finish_replay(app, row.id, sent=True)
+    logger.info("Failed task %d (%s[%s]) replayed as %s", row.id, row.task_name, row.task_id, new_id)
+    events.send_from_app(app, events.REPLAYED, new_id, failure_id=row.id, original_id=row.task_id)
+    return ReplayResult(row.id, row.task_name, new_id, sent=True)
+
+
+def replay_many(
+    app: Celery,
+    filter: FailureFilter,
+    *,
+    queue: str | None = None,
+    dry_run: bool = False,
+    limit: int = 10_000,
+) -> list[ReplayResult | ReplayError]:
+    """Replay every ``failed`` row matching ``filter``; one bad row does not stop the others."""
+    selected = FailureFilter(**{**filter.__dict__, "status": FailureStatus.FAILED})
+    results: list[ReplayResult | ReplayError] = []
+    for row in list_failures(app, selected, limit=limit):
+        try:
+            results.append(replay(app, row.id, queue=queue, dry_run=dry_run))
+        except ReplayError as exc:
+            results.append(exc)
+    return results

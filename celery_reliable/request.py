@@ -1,0 +1,136 @@
+"""The worker-side request of a ReliableTask.
+
+Runs in the worker's main process, where a lost pool process or a hard time limit is seen:
+``Task.on_failure`` is not called there for a lost process, so the failure is stored here,
+before Celery acknowledges the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
+from billiard.exceptions import Terminated, WorkerLostError
+from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
+from celery.worker.request import Request
+from celery.worker.state import task_ready
+
+from . import events, record
+from .retry import backoff_delay
+from .store.failures import record_failure
+
+logger = logging.getLogger(__name__)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    return exc.exc if isinstance(exc, ExceptionWithTraceback) else exc  # type: ignore[no-any-return]
+
+
+def _einfo(exc: BaseException) -> ExceptionInfo:
+    try:
+        raise exc
+    except BaseException:
+        return ExceptionInfo()
+
+
+class ReliableRequest(Request):
+    """Stores final worker-lost and time-limit failures before the ack; counts them as retries."""
+
+    _reliable_done = False
+
+    def _retries_left(self) -> bool:
+        max_retries = self.task.max_retries
+        return max_retries is None or int(self._context.retries or 0) < max_retries
+
+    def _store(self, exc: BaseException, reason: str, traceback: str | None) -> bool:
+        """Write the failure row; on error give the message back to the broker."""
+        try:
+            failure = record.from_request(
+                self.task.name, self._request_dict, exc, reason=reason,
+                traceback=traceback, hostname=self._hostname,
+            )  # fmt: skip
+            row_id = record_failure(self.task.app, failure)
+        except Exception as store_exc:
+            logger.error(
+                "Task %s[%s] (%s) could not be stored (%s); message returned to the broker",
+                self.name, self.id, reason, store_exc,
+            )  # fmt: skip
+            self.reject(requeue=True)
+            return False
+        logger.error(
+            "Task %s[%s] %s after %d attempt(s); stored as failed task %d",
+            self.name, self.id, reason, failure.attempts, row_id,
+        )  # fmt: skip
+        return True
+
+    def _retry_worker_lost(self, exc: BaseException, exc_info: ExceptionInfo) -> bool:
+        """Celery's worker-lost retry, with our backoff instead of ``default_retry_delay``."""
+        task = self.task
+        policy = task.policy
+        cap = policy.backoff_max if policy.ceiling is None else min(policy.backoff_max, policy.ceiling)
+        delay = backoff_delay(int(self._context.retries or 0), policy.backoff or 0.0, cap, policy.jitter)
+        had_own = "default_retry_delay" in task.__dict__
+        saved = task.__dict__.get("default_retry_delay")
+        task.default_retry_delay = delay  # read once by Celery, in this (single) main thread
+        try:
+            return bool(super()._retry_worker_lost(exc, exc_info))
+        finally:
+            if had_own:
+                task.default_retry_delay = saved
+            else:
+                del task.default_retry_delay
+
+    def _time_limit(self, exc: TimeLimitExceeded) -> bool:
+        """Handle a hard time limit once (Celery reports it twice, in either order).
+
+        Returns True when the failure was stored and Celery's own failure handling (result,
+        signal, ``task-failed`` event, ack) should go on.
+        """
+        self._reliable_done = True
+        if self._retries_left():
+            # Counted as a retry, like a lost worker: sent again with retries + 1.
+            task_ready(self)
+            if not self._retry_worker_lost(exc, _einfo(exc)):
+                self.reject(requeue=True)
+            return False
+        if not self._store(exc, "time_limit", f"TimeLimitExceeded: {exc}"):
+            task_ready(self)
+            return False
+        return True
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if soft:
+            return super().on_timeout(soft, timeout)  # type: ignore[no-any-return]
+        if not self._reliable_done and self._time_limit(TimeLimitExceeded(timeout)):
+            super().on_timeout(soft, timeout)
+            events.send_from_request(self, events.FAILURE_STORED, reason="time_limit")
+        return None
+
+    def on_failure(
+        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = _unwrap(exc_info.exception)
+        if isinstance(exc, TimeLimitExceeded):
+            if not self._reliable_done and self._time_limit(exc):
+                super().on_failure(exc_info, send_failed_event, return_ok)
+                events.send_from_request(self, events.FAILURE_STORED, reason="time_limit")
+            return None
+        lost = isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
+        if lost and not self._retries_left() and not self._success_was_stored():
+            if isinstance(exc, SystemExit | KeyboardInterrupt) and (
+                self._already_cancelled or self._already_revoked
+            ):
+                return super().on_failure(exc_info, send_failed_event, return_ok)  # type: ignore[no-any-return]
+            if not self._store(exc, "worker_lost", exc_info.traceback):
+                task_ready(self)
+                return None
+            super().on_failure(exc_info, send_failed_event, return_ok)
+            events.send_from_request(self, events.FAILURE_STORED, reason="worker_lost")
+            return None
+        super().on_failure(exc_info, send_failed_event, return_ok)
+        if not lost and not isinstance(exc, Reject | Retry | Ignore | Terminated | TimeLimitExceeded | MemoryError):
+            # The pool process stored it in Task.on_failure (it raises Reject when it cannot).
+            events.send_from_request(
+                self, events.FAILURE_STORED, reason="exception", exception=type(exc).__name__,
+                attempts=int(self._context.retries or 0) + 1,
+            )  # fmt: skip
+        return None

@@ -1,0 +1,212 @@
+"""Reading and writing failed-task rows. Every database error becomes a :class:`StoreError`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from ..exceptions import StoreError
+from .engine import get_sessionmaker, safe_url
+from .models import FailedTask, FailureStatus, utcnow
+from .payload import to_stored_lenient
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FailureRecord:
+    """What is stored about one failed task."""
+
+    task_id: str
+    task_name: str
+    reason: str
+    args: Any = None
+    kwargs: Any = None
+    options: dict[str, Any] = field(default_factory=dict)
+    raw_message: Any = None
+    exc_type: str = ""
+    exc_message: str = ""
+    traceback: str = ""
+    attempts: int = 1
+    hostname: str = ""
+    replay_of_id: int | None = None
+
+
+@contextmanager
+def session_scope(app: Celery) -> Iterator[Session]:
+    """A session in a transaction; any SQLAlchemy error is raised as :class:`StoreError`."""
+    try:
+        with get_sessionmaker(app).begin() as session:
+            yield session
+    except SQLAlchemyError as exc:
+        from ..config import get_settings
+
+        url = safe_url(get_settings(app).database_url)
+        raise StoreError(
+            f"celery_reliable database {url} failed: {type(exc).__name__}: {_first_line(exc)}. "
+            "Check that it is reachable and migrated (celery -A proj reliable db upgrade)."
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+
+
+def record_failure(app: Celery, record: FailureRecord) -> int:
+    """Store ``record`` and return its row id; a second call for the same task id updates it.
+
+    Raises:
+        StoreError: the row could not be written; the caller must not acknowledge the message.
+    """
+    values = {
+        "task_id": record.task_id,
+        "task_name": record.task_name[:255],
+        "reason": record.reason,
+        "args": to_stored_lenient(record.args),
+        "kwargs": to_stored_lenient(record.kwargs),
+        "options": to_stored_lenient(record.options),
+        "raw_message": to_stored_lenient(record.raw_message),
+        "exc_type": record.exc_type[:255],
+        "exc_message": record.exc_message[:20000],
+        "traceback": record.traceback[:100000],
+        "attempts": record.attempts,
+        "hostname": record.hostname[:255],
+        "replay_of_id": record.replay_of_id,
+    }
+    now = utcnow()
+    try:
+        with session_scope(app) as session:
+            row = FailedTask(**values, first_failed_at=now, last_failed_at=now)
+            session.add(row)
+            session.flush()
+            return row.id
+    except StoreError as exc:
+        if not isinstance(exc.__cause__, IntegrityError):
+            raise
+    # Already stored (the failure signal can fire twice): refresh it instead.
+    with session_scope(app) as session:
+        existing = session.execute(
+            select(FailedTask).where(FailedTask.task_id == record.task_id).with_for_update()
+        ).scalar_one()
+        for key in ("reason", "exc_type", "exc_message", "traceback", "hostname"):
+            setattr(existing, key, values[key])
+        existing.attempts = max(existing.attempts, record.attempts)
+        existing.last_failed_at = now
+        return existing.id
+
+
+@dataclass(frozen=True)
+class FailureFilter:
+    """Which failed rows to select; ``None`` means any."""
+
+    task_name: str | None = None
+    exc_type: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    ids: Sequence[int] | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        if self.task_name is not None:
+            query = query.where(FailedTask.task_name == self.task_name)
+        if self.exc_type is not None:
+            query = query.where(FailedTask.exc_type == self.exc_type)
+        if self.status is not None:
+            query = query.where(FailedTask.status == self.status)
+        if self.since is not None:
+            query = query.where(FailedTask.last_failed_at >= self.since)
+        if self.until is not None:
+            query = query.where(FailedTask.last_failed_at < self.until)
+        if self.ids is not None:
+            query = query.where(FailedTask.id.in_(list(self.ids)))
+        return query
+
+
+def list_failures(
+    app: Celery, filter: FailureFilter | None = None, limit: int = 100, offset: int = 0
+) -> list[FailedTask]:
+    """Failed rows, newest first."""
+    query = (filter or FailureFilter()).apply(select(FailedTask))
+    query = query.order_by(FailedTask.id.desc()).limit(limit).offset(offset)
+    with session_scope(app) as session:
+        return list(session.execute(query).scalars())
+
+
+def count_failures(app: Celery, filter: FailureFilter | None = None) -> int:
+    query = (filter or FailureFilter()).apply(select(func.count()).select_from(FailedTask))
+    with session_scope(app) as session:
+        return int(session.execute(query).scalar_one())
+
+
+def get_failure(app: Celery, failure_id: int) -> FailedTask | None:
+    """One failed row by its id."""
+    with session_scope(app) as session:
+        return session.get(FailedTask, failure_id)
+
+
+def get_failure_by_task_id(app: Celery, task_id: str) -> FailedTask | None:
+    """One failed row by the id of the task that failed."""
+    with session_scope(app) as session:
+        return session.execute(
+            select(FailedTask).where(FailedTask.task_id == task_id)
+        ).scalar_one_or_none()
+
+
+def purge_failures(app: Celery, filter: FailureFilter | None = None) -> int:
+    """Delete the selected rows (not those being replayed); return how many."""
+    ids_query = (filter or FailureFilter()).apply(select(FailedTask.id)).where(
+        FailedTask.status != FailureStatus.REPLAYING
+    )
+    with session_scope(app) as session:
+        ids = list(session.execute(ids_query).scalars())
+        deleted = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            result = session.execute(delete(FailedTask).where(FailedTask.id.in_(chunk)))
+            deleted += result.rowcount or 0  # type: ignore[attr-defined]
+        return deleted
+
+
+def claim_for_replay(app: Celery, failure_id: int, replay_task_id: str) -> bool:
+    """Atomically move a ``failed`` row to ``replaying``; False if another replay got it first."""
+    with session_scope(app) as session:
+        result = session.execute(
+            update(FailedTask)
+            .where(FailedTask.id == failure_id, FailedTask.status == FailureStatus.FAILED)
+            .values(status=FailureStatus.REPLAYING, replay_task_id=replay_task_id)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def finish_replay(app: Celery, failure_id: int, sent: bool) -> None:
+    """Mark a claimed row ``replayed`` (sent) or give it back to ``failed`` (send failed)."""
+    with session_scope(app) as session:
+        if sent:
+            values: dict[str, Any] = {
+                "status": FailureStatus.REPLAYED,
+                "replayed_at": utcnow(),
+                "replay_count": FailedTask.replay_count + 1,
+            }
+        else:
+            values = {"status": FailureStatus.FAILED, "replay_task_id": None}
+        session.execute(
+            update(FailedTask)
+            .where(FailedTask.id == failure_id, FailedTask.status == FailureStatus.REPLAYING)
+            .values(**values)
+        )
+
+
+def describe_store(app: Celery) -> str:
+    """The sanitised URL of the store, for logs."""
+    from ..config import get_settings
+
+    return safe_url(get_settings(app).database_url)

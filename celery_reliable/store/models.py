@@ -1,0 +1,112 @@
+"""Typed SQLAlchemy models of the reliability tables.
+
+Constraint names come from a naming convention so they are the same on every database and in
+every migration. Payloads are JSON (JSONB on PostgreSQL), never pickle; times are UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: JSON everywhere, JSONB on PostgreSQL.
+JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+#: Integer primary keys that autoincrement on SQLite too (BIGINT elsewhere).
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every database (SQLite and MariaDB store naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use datetime.now(timezone.utc)")
+        value = value.astimezone(timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the celery_reliable tables."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class FailureStatus:
+    """Values of :attr:`FailedTask.status`."""
+
+    FAILED = "failed"  #: waiting for a person
+    REPLAYING = "replaying"  #: claimed by a replay that has not confirmed the send yet
+    REPLAYED = "replayed"  #: sent again; ``replay_task_id`` is the new delivery
+    ALL = (FAILED, REPLAYING, REPLAYED)
+
+
+class FailedTask(Base):
+    """A task that will not be retried again: everything needed to inspect and replay it."""
+
+    __tablename__ = "celery_reliable_failed_task"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(255), unique=True)
+    task_name: Mapped[str] = mapped_column(String(255), index=True)
+    #: why it is here: exception, permanent, worker_lost, time_limit, retry_publish_failed,
+    #: unknown_task, invalid_message
+    reason: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=FailureStatus.FAILED, index=True)
+    args: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    kwargs: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    #: delivery options needed to replay: queue, exchange, routing_key, priority, headers
+    options: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    #: the raw message (body, headers, properties) when it never reached a task
+    raw_message: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    exc_type: Mapped[str] = mapped_column(String(255), default="")
+    exc_message: Mapped[str] = mapped_column(Text, default="")
+    traceback: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    replay_of_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    replay_task_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    replay_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_celery_reliable_failed_task_exc_type", "exc_type"),)
+
+
+class ProcessedTask(Base):
+    """A task id that completed; an idempotent task with this id is not run again."""
+
+    __tablename__ = "celery_reliable_processed_task"
+
+    task_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(255))
+    completed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
