@@ -98,7 +98,7 @@ class ReliableSettings:
         default=True,
         metadata=_doc(
             "Apply the recommended broker settings (visibility timeout, restore sweep, "
-            "prefetch multiplier 1, socket timeouts) unless you set them yourself."
+            "prefetch multiplier 1, a socket connect timeout) unless you set them yourself."
         ),
     )
     cleanup_interval: float | None = field(
@@ -114,7 +114,9 @@ class ReliableSettings:
     )
     failure_events: bool = field(
         default=True,
-        metadata=_doc("Send a 'task-reliable-failure-stored' event (seen by Flower) for every stored failure."),
+        metadata=_doc(
+            "Send a 'task-reliable-failure-stored' event (seen by Flower) for every stored failure."
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -213,9 +215,7 @@ def _configured_keys(app: Celery) -> dict[str, str]:
     )
     found: dict[str, str] = {}
     for key in list(app.conf.keys()):
-        if not isinstance(key, str):
-            continue
-        match = pattern.match(key)
+        match = pattern.match(str(key))
         if match:
             found[match.group(1).lower()] = key
     return found
@@ -256,3 +256,15 @@ def get_settings(app: Celery) -> ReliableSettings:
 def reset_settings(app: Celery) -> None:
     """Forget the cached settings of ``app`` (after changing its configuration)."""
     _cache.pop(app, None)
+
+
+def settings_table() -> str:
+    """The Markdown reference table of every setting (kept in docs/configuration.md)."""
+    lines = ["| Setting | Type | Default | Meaning |", "|---|---|---|---|"]
+    defaults = ReliableSettings()
+    for name, f in FIELDS.items():
+        default = getattr(defaults, name)
+        if isinstance(default, tuple):
+            default = list(default)
+        lines.append(f"| `{PREFIX}{name}` | {describe_type(f)} | `{default!r}` | {f.metadata['doc']} |")
+    return "\n".join(lines) + "\n"

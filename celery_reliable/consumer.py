@@ -28,7 +28,7 @@ REQUEUE_PAUSE = 1.0
 
 
 def _body(message: Message) -> Any:
-    body = message.body
+    body: Any = message.body
     if isinstance(body, bytes):
         try:
             return {"text": body.decode("utf-8")}
@@ -77,7 +77,11 @@ def raw_record(message: Message, reason: str, exc: BaseException | None, name: s
 class ReliableConsumer(Consumer):
     """Stores unknown, invalid and undecodable messages before rejecting them."""
 
-    def _store_raw(self, message: Message, reason: str, exc: BaseException | None, name: str | None = None) -> bool:
+    event_dispatcher: Any  # set by Celery's Events bootstep
+
+    def _store_raw(
+        self, message: Message, reason: str, exc: BaseException | None, name: str | None = None
+    ) -> bool:
         try:
             failure = raw_record(message, reason, exc, name)
             row_id = record_failure(self.app, failure)
@@ -100,12 +104,12 @@ class ReliableConsumer(Consumer):
                 logger.warning("Could not send %s", events.MESSAGE_STORED, exc_info=True)
         return True
 
-    def on_unknown_task(self, body: Any, message: Message, exc: BaseException) -> None:
+    def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
         name = (message.headers or {}).get("task")
         if self._store_raw(message, "unknown_task", exc, name):
             super().on_unknown_task(body, message, exc)
 
-    def on_invalid_task(self, body: Any, message: Message, exc: BaseException) -> None:
+    def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
         if self._store_raw(message, "invalid_message", exc):
             super().on_invalid_task(body, message, exc)
 
@@ -113,6 +117,6 @@ class ReliableConsumer(Consumer):
         if self._store_raw(message, "unknown_message", None):
             super().on_unknown_message(body, message)
 
-    def on_decode_error(self, message: Message, exc: BaseException) -> None:
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
         if self._store_raw(message, "decode_error", exc):
             super().on_decode_error(message, exc)

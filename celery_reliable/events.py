@@ -22,7 +22,11 @@ MESSAGE_STORED = "task-reliable-message-stored"
 
 def send_from_request(request: Any, event_type: str, **fields: Any) -> None:
     """Send an event through the worker's own dispatcher (in order after ``task-failed``)."""
+    from .config import get_settings
+
     try:
+        if not get_settings(request.task.app).failure_events:
+            return
         request.send_event(event_type, **fields)
     except Exception:
         logger.warning("Could not send %s for %s", event_type, request.id, exc_info=True)

@@ -40,10 +40,10 @@ def broker_scheme(app: Celery) -> str:
     transport = app.conf.broker_transport
     if transport:
         return str(transport).split(":")[0].split("+")[0].lower()
-    url = app.conf.broker_read_url or app.conf.broker_url or ""
-    if isinstance(url, list | tuple):
-        url = url[0] if url else ""
-    url = str(url).split(";")[0]
+    raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
+    if isinstance(raw, list | tuple):
+        raw = raw[0] if raw else ""
+    url = str(raw).split(";")[0]
     return url.split("://", 1)[0].split("+")[0].lower() if "://" in url else "amqp"
 
 

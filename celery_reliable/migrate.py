@@ -75,9 +75,7 @@ def current_revision(target: Celery | str | Engine) -> str | None:
     engine, owned = _engine(target)
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(
-                connection, opts={"version_table": VERSION_TABLE}
-            )
+            context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
             return context.get_current_revision()
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the schema version: {type(exc).__name__}: {exc}") from exc

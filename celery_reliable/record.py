@@ -17,8 +17,8 @@ STANDARD_HEADERS = frozenset(
         "replaced_task_nesting", "stamped_headers", "stamps", "properties", "reply_to",
         "correlation_id", "hostname", "delivery_info", "args", "kwargs", "callbacks",
         "errbacks", "chain", "chord", "is_eager", "called_directly", "headers", "loglevel",
-        "logfile", "utc", "taskset", "delivery_tag", "timelimit", "_children", "_protected",
-        "_children", "task_name", "worker_pid", "content_type", "content_encoding",
+        "logfile", "utc", "taskset", "delivery_tag", "_children", "_protected",
+        "task_name", "worker_pid", "content_type", "content_encoding",
     }
 )  # fmt: skip
 
@@ -84,5 +84,7 @@ def from_request(
         traceback=text,
         attempts=int(request.get("retries") or 0) + 1,
         hostname=hostname or str(request.get("hostname") or ""),
-        replay_of_id=int(replay_of) if isinstance(replay_of, int | str) and str(replay_of).isdigit() else None,
+        replay_of_id=int(replay_of)
+        if isinstance(replay_of, int | str) and str(replay_of).isdigit()
+        else None,
     )

@@ -137,9 +137,7 @@ def replay(
         if not claim_for_replay(app, row.id, new_id):
             raise ReplayError(f"failed task {row.id} was claimed by another replay")
     try:
-        app.send_task(
-            row.task_name, send_args, send_kwargs, task_id=new_id, **_send_options(app, row, queue)
-        )
+        app.send_task(row.task_name, send_args, send_kwargs, task_id=new_id, **_send_options(app, row, queue))
     except Exception as exc:
         finish_replay(app, row.id, sent=False)
         raise ReplayError(f"failed task {row.id} could not be sent: {exc}") from exc

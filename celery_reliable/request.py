@@ -8,7 +8,9 @@ before Celery acknowledges the message.
 from __future__ import annotations
 
 import logging
-from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
+from typing import TYPE_CHECKING, Any
+
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback  # type: ignore[attr-defined]
 from billiard.exceptions import Terminated, WorkerLostError
 from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from celery.worker.request import Request
@@ -22,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    return exc.exc if isinstance(exc, ExceptionWithTraceback) else exc  # type: ignore[no-any-return]
+    inner: BaseException = exc.exc if isinstance(exc, ExceptionWithTraceback) else exc
+    return inner
 
 
 def _einfo(exc: BaseException) -> ExceptionInfo:
@@ -36,6 +39,15 @@ class ReliableRequest(Request):
     """Stores final worker-lost and time-limit failures before the ack; counts them as retries."""
 
     _reliable_done = False
+
+    if TYPE_CHECKING:  # Celery internals used here (not in the type stubs)
+        _context: Any
+        _request_dict: dict[str, Any]
+        _hostname: str
+        _already_cancelled: bool
+        _already_revoked: bool
+
+        def _success_was_stored(self) -> Any: ...
 
     def _retries_left(self) -> bool:
         max_retries = self.task.max_retries
@@ -64,7 +76,7 @@ class ReliableRequest(Request):
 
     def _retry_worker_lost(self, exc: BaseException, exc_info: ExceptionInfo) -> bool:
         """Celery's worker-lost retry, with our backoff instead of ``default_retry_delay``."""
-        task = self.task
+        task: Any = self.task
         policy = task.policy
         cap = policy.backoff_max if policy.ceiling is None else min(policy.backoff_max, policy.ceiling)
         delay = backoff_delay(int(self._context.retries or 0), policy.backoff or 0.0, cap, policy.jitter)
@@ -72,7 +84,7 @@ class ReliableRequest(Request):
         saved = task.__dict__.get("default_retry_delay")
         task.default_retry_delay = delay  # read once by Celery, in this (single) main thread
         try:
-            return bool(super()._retry_worker_lost(exc, exc_info))
+            return bool(Request._retry_worker_lost(self, exc, exc_info))  # type: ignore[attr-defined]
         finally:
             if had_own:
                 task.default_retry_delay = saved
@@ -99,7 +111,8 @@ class ReliableRequest(Request):
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         if soft:
-            return super().on_timeout(soft, timeout)  # type: ignore[no-any-return]
+            super().on_timeout(soft, timeout)
+            return None
         if not self._reliable_done and self._time_limit(TimeLimitExceeded(timeout)):
             super().on_timeout(soft, timeout)
             events.send_from_request(self, events.FAILURE_STORED, reason="time_limit")
@@ -108,7 +121,7 @@ class ReliableRequest(Request):
     def on_failure(
         self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
     ) -> None:
-        exc = _unwrap(exc_info.exception)
+        exc = _unwrap(exc_info.exception or Exception("unknown failure"))
         if isinstance(exc, TimeLimitExceeded):
             if not self._reliable_done and self._time_limit(exc):
                 super().on_failure(exc_info, send_failed_event, return_ok)
@@ -119,7 +132,8 @@ class ReliableRequest(Request):
             if isinstance(exc, SystemExit | KeyboardInterrupt) and (
                 self._already_cancelled or self._already_revoked
             ):
-                return super().on_failure(exc_info, send_failed_event, return_ok)  # type: ignore[no-any-return]
+                super().on_failure(exc_info, send_failed_event, return_ok)
+                return None
             if not self._store(exc, "worker_lost", exc_info.traceback):
                 task_ready(self)
                 return None
@@ -127,7 +141,9 @@ class ReliableRequest(Request):
             events.send_from_request(self, events.FAILURE_STORED, reason="worker_lost")
             return None
         super().on_failure(exc_info, send_failed_event, return_ok)
-        if not lost and not isinstance(exc, Reject | Retry | Ignore | Terminated | TimeLimitExceeded | MemoryError):
+        if not lost and not isinstance(
+            exc, Reject | Retry | Ignore | Terminated | TimeLimitExceeded | MemoryError
+        ):
             # The pool process stored it in Task.on_failure (it raises Reject when it cannot).
             events.send_from_request(
                 self, events.FAILURE_STORED, reason="exception", exception=type(exc).__name__,

@@ -76,9 +76,7 @@ def resolve_exceptions(names: Iterable[str], setting: str) -> tuple[type[BaseExc
     return tuple(resolved)
 
 
-def policy_for(
-    exc: BaseException, policies: Mapping[type[BaseException], RetryPolicy]
-) -> RetryPolicy | None:
+def policy_for(exc: BaseException, policies: Mapping[type[BaseException], RetryPolicy]) -> RetryPolicy | None:
     """The policy of the most specific class in ``exc``'s MRO that has one."""
     for klass in type(exc).__mro__:
         if klass in policies:

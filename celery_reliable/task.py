@@ -16,7 +16,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import record
-from .config import get_settings
 from .exceptions import StoreError
 from .install import fit_visibility_timeout, install, retry_ceiling
 from .retry import RetryPolicy, decide, resolve_exceptions
@@ -60,7 +59,7 @@ def _policies(values: Mapping[Any, Any], setting: str) -> dict[type[BaseExceptio
     return resolved
 
 
-class ReliableTask(Task):  # type: ignore[type-arg]
+class ReliableTask(Task[Any, Any]):
     """A Celery task that is never silently lost.
 
     * acknowledged only after it ran (``acks_late``); a lost worker process or a hard time limit
@@ -83,7 +82,7 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     retry_on_worker_lost = True  # bounded by max_retries
     Request = "celery_reliable.request:ReliableRequest"
 
-    max_retries: int | None = None  # type: ignore[assignment]
+    max_retries: int | None = None
     retry_backoff: float | bool | None = None
     retry_backoff_max: float | None = None
     retry_jitter: bool | None = None
@@ -144,23 +143,26 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         if request is None or request.called_directly:
             return super().__call__(*args, **kwargs)
         policy = self.policy
-        if policy.idempotent and request.id and is_processed(self.app, request.id):
+        task_id: str = request.id or ""
+        if policy.idempotent and task_id and is_processed(self.app, task_id):
             logger.info("Task %s[%s] already completed; duplicate delivery skipped", self.name, request.id)
             return None
-        request.reliable_completion_recorded = False
+        request.reliable_completion_recorded = False  # type: ignore[attr-defined]
         try:
             result = self.run(*args, **kwargs)
         except (Retry, Ignore, Reject):
             raise
         except Exception as exc:
-            if policy.idempotent and isinstance(exc, IntegrityError) and is_processed(self.app, request.id):
+            if policy.idempotent and isinstance(exc, IntegrityError) and is_processed(self.app, task_id):
                 # A concurrent run committed first; our writes were rolled back with the record.
-                logger.info("Task %s[%s] completed by another run; this one rolled back", self.name, request.id)
+                logger.info(
+                    "Task %s[%s] completed by another run; this one rolled back", self.name, request.id
+                )
                 return None
             self._retry_or_raise(exc)
             raise
-        if policy.idempotent and not request.reliable_completion_recorded:
-            mark_processed(self.app, request.id, self.name)
+        if policy.idempotent and not request.reliable_completion_recorded:  # type: ignore[attr-defined]
+            mark_processed(self.app, task_id, self.name)
         return result
 
     def _retry_or_raise(self, exc: Exception) -> None:
@@ -179,7 +181,8 @@ class ReliableTask(Task):  # type: ignore[type-arg]
             ceiling=policy.ceiling,
         )
         if not decision.retry:
-            self.request.reliable_reason = "permanent" if decision.reason == "permanent" else "exception"
+            reason = "permanent" if decision.reason == "permanent" else "exception"
+            self.request.reliable_reason = reason  # type: ignore[attr-defined]
             return
         countdown = decision.countdown
         if policy.backoff is None and not policy.policies:
@@ -191,7 +194,7 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         )  # fmt: skip
         raise self.retry(exc=exc, countdown=countdown, max_retries=decision.max_retries)
 
-    def retry(self, *args: Any, **kwargs: Any) -> Retry:  # type: ignore[override]
+    def retry(self, *args: Any, **kwargs: Any) -> Retry:
         """Like :meth:`celery.Task.retry`, but a retry that cannot be sent is not dropped.
 
         Celery turns a failed retry publish into ``Reject(requeue=False)``, deleting the message;
@@ -199,15 +202,16 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         unacknowledged if the broker is gone, and runs again when it is back.
         """
         try:
-            return super().retry(*args, **kwargs)  # type: ignore[no-any-return]
+            return super().retry(*args, **kwargs)
         except Reject as rejection:
-            if rejection.requeue or not isinstance(rejection.reason, Exception):
+            reason = getattr(rejection, "reason", None)
+            if getattr(rejection, "requeue", False) or not isinstance(reason, Exception):
                 raise
             logger.error(
                 "Task %s[%s]: retry could not be sent (%r); message returned to the broker",
-                self.name, self.request.id, rejection.reason,
+                self.name, self.request.id, reason,
             )  # fmt: skip
-            raise Reject(rejection.reason, requeue=True) from None
+            raise Reject(reason, requeue=True) from None
 
     # -- idempotency ---------------------------------------------------------------------
 
@@ -222,13 +226,11 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         if request.called_directly or not request.id:
             return
         mark_processed_in(target, request.id, self.name)
-        request.reliable_completion_recorded = True
+        request.reliable_completion_recorded = True  # type: ignore[attr-defined]
 
     # -- final failure -------------------------------------------------------------------
 
-    def on_failure(
-        self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo
-    ) -> None:
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo) -> None:
         """Store the failure before the worker acknowledges the message.
 
         If the row cannot be written, raise ``Reject(requeue=True)``: the broker keeps the message

@@ -22,7 +22,9 @@ for _name in list(os.environ):
 
 REDIS_URL = os.environ.get("RELIABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 AMQP_URL = os.environ.get("RELIABLE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-POSTGRES_URL = os.environ.get("RELIABLE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "RELIABLE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 MYSQL_URL = os.environ.get("RELIABLE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
@@ -250,18 +252,27 @@ def make_scenario(
         scenario.close()
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
 def broker_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url"))
 
 
 @pytest.fixture
-def scenario(request: pytest.FixtureRequest, broker_url: str, postgres_db: str, tmp_path: Path) -> Iterator[Scenario]:
+def scenario(
+    request: pytest.FixtureRequest, broker_url: str, postgres_db: str, tmp_path: Path
+) -> Iterator[Scenario]:
     """Real broker (Redis and RabbitMQ in turn), real PostgreSQL, workers started by the test."""
     yield from make_scenario(request, broker_url, postgres_db, tmp_path)
 
 
 @pytest.fixture
-def redis_sqlite_scenario(request: pytest.FixtureRequest, redis_url: str, sqlite_db: str, tmp_path: Path) -> Iterator[Scenario]:
+def redis_sqlite_scenario(
+    request: pytest.FixtureRequest, redis_url: str, sqlite_db: str, tmp_path: Path
+) -> Iterator[Scenario]:
     """Real Redis and a SQLite file (the zero-server set-up)."""
     yield from make_scenario(request, redis_url, sqlite_db, tmp_path)

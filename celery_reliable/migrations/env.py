@@ -1,5 +1,7 @@
 """Alembic environment of celery_reliable: its own version table, our metadata only."""
 
+from typing import Any
+
 from alembic import context
 from sqlalchemy import create_engine
 
@@ -9,7 +11,7 @@ from celery_reliable.store.models import Base
 config = context.config
 
 
-def _include_object(obj, name, type_, reflected, compare_to):  # type: ignore[no-untyped-def]
+def _include_object(obj, name, type_, reflected, compare_to):
     # Only our tables: the database is usually shared with the application's own.
     if type_ == "table":
         return bool(name and name.startswith("celery_reliable_"))
@@ -17,7 +19,7 @@ def _include_object(obj, name, type_, reflected, compare_to):  # type: ignore[no
 
 
 def run() -> None:
-    options = {
+    options: dict[str, Any] = {
         "target_metadata": Base.metadata,
         "version_table": VERSION_TABLE,
         "include_object": _include_object,
@@ -36,7 +38,7 @@ def run() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
     try:
         with engine.connect() as conn:
             context.configure(connection=conn, render_as_batch=conn.dialect.name == "sqlite", **options)

@@ -156,15 +156,15 @@ def get_failure(app: Celery, failure_id: int) -> FailedTask | None:
 def get_failure_by_task_id(app: Celery, task_id: str) -> FailedTask | None:
     """One failed row by the id of the task that failed."""
     with session_scope(app) as session:
-        return session.execute(
-            select(FailedTask).where(FailedTask.task_id == task_id)
-        ).scalar_one_or_none()
+        return session.execute(select(FailedTask).where(FailedTask.task_id == task_id)).scalar_one_or_none()
 
 
 def purge_failures(app: Celery, filter: FailureFilter | None = None) -> int:
     """Delete the selected rows (not those being replayed); return how many."""
-    ids_query = (filter or FailureFilter()).apply(select(FailedTask.id)).where(
-        FailedTask.status != FailureStatus.REPLAYING
+    ids_query = (
+        (filter or FailureFilter())
+        .apply(select(FailedTask.id))
+        .where(FailedTask.status != FailureStatus.REPLAYING)
     )
     with session_scope(app) as session:
         ids = list(session.execute(ids_query).scalars())

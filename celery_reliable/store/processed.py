@@ -15,9 +15,7 @@ from .models import ProcessedTask, utcnow
 def is_processed(app: Celery, task_id: str) -> bool:
     """True if a task with this id already completed."""
     with session_scope(app) as session:
-        found = session.execute(
-            select(ProcessedTask.task_id).where(ProcessedTask.task_id == task_id)
-        ).first()
+        found = session.execute(select(ProcessedTask.task_id).where(ProcessedTask.task_id == task_id)).first()
         return found is not None
 
 

@@ -47,17 +47,13 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_celery_reliable_failed_task_task_name"), "celery_reliable_failed_task", ["task_name"]
     )
-    op.create_index(
-        op.f("ix_celery_reliable_failed_task_status"), "celery_reliable_failed_task", ["status"]
-    )
+    op.create_index(op.f("ix_celery_reliable_failed_task_status"), "celery_reliable_failed_task", ["status"])
     op.create_index(
         op.f("ix_celery_reliable_failed_task_last_failed_at"),
         "celery_reliable_failed_task",
         ["last_failed_at"],
     )
-    op.create_index(
-        "ix_celery_reliable_failed_task_exc_type", "celery_reliable_failed_task", ["exc_type"]
-    )
+    op.create_index("ix_celery_reliable_failed_task_exc_type", "celery_reliable_failed_task", ["exc_type"])
     op.create_table(
         "celery_reliable_processed_task",
         sa.Column("task_id", sa.String(255), nullable=False),
