@@ -6,6 +6,8 @@ import traceback as tb_module
 from collections.abc import Mapping
 from typing import Any
 
+from celery.app.task import Context
+
 from .store.failures import FailureRecord
 
 #: Message headers of Celery's task protocol 2 (and what the worker adds to the request);
@@ -34,7 +36,13 @@ def replay_options(request: Mapping[str, Any]) -> dict[str, Any]:
     delivery = request.get("delivery_info") or {}
     user_headers = dict(request.get("headers") or {})
     user_headers.update(
-        {k: v for k, v in request.items() if k not in STANDARD_HEADERS and not k.startswith("_")}
+        {
+            k: v
+            for k, v in request.items()
+            if k not in STANDARD_HEADERS
+            and not hasattr(Context, k)
+            and not k.startswith(("_", "reliable_"))
+        }
     )
     options: dict[str, Any] = {
         "exchange": delivery.get("exchange"),

@@ -1,0 +1,154 @@
+"""The store on SQLite, PostgreSQL and MariaDB: migrations, failed rows, processed ids, replay claims."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from celery import Celery
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.orm import Session
+
+from celery_reliable import FailureFilter, StoreError, upgrade
+from celery_reliable.migrate import VERSION_TABLE, current_revision, downgrade, head_revision
+from celery_reliable.store.engine import dispose, get_engine
+from celery_reliable.store.failures import (
+    FailureRecord,
+    claim_for_replay,
+    count_failures,
+    finish_replay,
+    get_failure,
+    get_failure_by_task_id,
+    list_failures,
+    purge_failures,
+    record_failure,
+)
+from celery_reliable.store.models import Base
+from celery_reliable.store.processed import is_processed, mark_processed, mark_processed_in, purge_processed
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def app(any_db_url: str):  # type: ignore[no-untyped-def]
+    app = Celery("store", broker="memory://", set_as_current=False)
+    app.conf.reliable_database_url = any_db_url
+    upgrade(app)
+    yield app
+    dispose(app)
+
+
+def _record(task_id: str, **kw: object) -> FailureRecord:
+    values: dict = {
+        "task_id": task_id,
+        "task_name": "t.x",
+        "reason": "exception",
+        "args": [1, "two", {"when": datetime(2026, 1, 2, tzinfo=timezone.utc)}],
+        "kwargs": {"k": [1, 2]},
+        "options": {"routing_key": "q"},
+        "exc_type": "ValueError",
+        "exc_message": "boom",
+        "traceback": "Traceback...",
+        "attempts": 3,
+        "hostname": "w@h",
+    }
+    values.update(kw)
+    return FailureRecord(**values)
+
+
+def test_migrations_give_exactly_the_models(any_db_url: str) -> None:
+    engine = create_engine(any_db_url)
+    try:
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
+            diff = [d for d in compare_metadata(context, Base.metadata) if VERSION_TABLE not in repr(d)]
+        assert diff == []
+        names = set(inspect(engine).get_table_names())
+        assert {"celery_reliable_failed_task", "celery_reliable_processed_task", VERSION_TABLE} <= names
+        downgrade(engine, "base")
+        assert not {"celery_reliable_failed_task", "celery_reliable_processed_task"} & set(
+            inspect(engine).get_table_names()
+        )
+        upgrade(engine)  # and back up again
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_record_is_idempotent_on_task_id(app: Celery) -> None:
+    first = record_failure(app, _record("a", attempts=2))
+    second = record_failure(app, _record("a", attempts=4, exc_message="boom again"))
+    assert first == second
+    row = get_failure(app, first)
+    assert row is not None
+    assert (row.attempts, row.exc_message, row.status) == (4, "boom again", "failed")
+    assert row.args[2] == {"when": {"__type__": "datetime", "__value__": "2026-01-02T00:00:00+00:00"}}
+    assert row.first_failed_at.tzinfo is not None
+    assert count_failures(app) == 1
+
+
+def test_unserializable_arguments_are_kept_as_repr(app: Celery) -> None:
+    row_id = record_failure(app, _record("b", args=[object()]))
+    row = get_failure(app, row_id)
+    assert row is not None and "__unserializable_repr__" in row.args
+
+
+def test_filters_and_purge(app: Celery) -> None:
+    for i in range(5):
+        record_failure(app, _record(f"f{i}", task_name="t.a" if i % 2 else "t.b", exc_type=f"E{i % 2}"))
+    assert count_failures(app, FailureFilter(task_name="t.a")) == 2
+    assert count_failures(app, FailureFilter(exc_type="E0")) == 3
+    assert count_failures(app, FailureFilter(since=datetime.now(timezone.utc) + timedelta(hours=1))) == 0
+    assert [r.task_id for r in list_failures(app, limit=2)] == ["f4", "f3"]
+    assert purge_failures(app, FailureFilter(task_name="t.b")) == 3
+    assert count_failures(app) == 2
+    assert get_failure_by_task_id(app, "f1") is not None
+
+
+def test_only_one_concurrent_replay_claims_a_row(app: Celery) -> None:
+    row_id = record_failure(app, _record("c"))
+    winners: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def claim(n: int) -> None:
+        barrier.wait(timeout=10)
+        winners.append(claim_for_replay(app, row_id, f"new-{n}"))
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(winners) == [False] * 7 + [True]
+    finish_replay(app, row_id, sent=True)
+    row = get_failure(app, row_id)
+    assert row is not None and (row.status, row.replay_count) == ("replayed", 1)
+    assert not claim_for_replay(app, row_id, "again")
+
+
+def test_processed_ids(app: Celery) -> None:
+    assert not is_processed(app, "p1")
+    assert mark_processed(app, "p1", "t.x") is True
+    assert mark_processed(app, "p1", "t.x") is False
+    assert is_processed(app, "p1")
+    with Session(get_engine(app)) as session, session.begin():
+        mark_processed_in(session, "p2", "t.x")
+    assert is_processed(app, "p2")
+    assert purge_processed(app, older_than=3600) == 0
+    assert purge_processed(app, older_than=0) == 2
+    assert not is_processed(app, "p1")
+
+
+def test_unmigrated_database_is_a_clear_store_error(any_db_url: str) -> None:
+    app = Celery("store", broker="memory://", set_as_current=False)
+    app.conf.reliable_database_url = any_db_url
+    try:
+        with pytest.raises(StoreError, match="reliable db upgrade"):
+            record_failure(app, _record("z"))
+    finally:
+        dispose(app)
