@@ -134,6 +134,38 @@ def _connect_receivers() -> None:
         return
     _receivers_connected = True
     signals.worker_process_init.connect(_after_fork, weak=False)
+    signals.worker_ready.connect(_check_schema, weak=False)
+
+
+def _check_schema(sender: Any = None, **_: Any) -> None:
+    """Say loudly at worker start if failures could not be stored (database down or not migrated)."""
+    app = getattr(sender, "app", None)
+    if app is None or app not in _installed:
+        return
+    from .exceptions import StoreError
+    from .migrate import current_revision, head_revision
+    from .store.engine import safe_url
+
+    url = safe_url(get_settings(app).database_url)
+    try:
+        revision = current_revision(app)
+    except StoreError as exc:
+        logger.error(
+            "celery_reliable: database %s is not reachable (%s); final failures will stay with the broker "
+            "until it is",
+            url,
+            exc,
+        )
+        return
+    if revision != head_revision():
+        logger.error(
+            "celery_reliable: tables in %s are at revision %s, expected %s; final failures will stay with "
+            "the broker until you run: celery -A %s reliable db upgrade",
+            url,
+            revision or "none",
+            head_revision(),
+            app.main or "proj",
+        )
 
 
 def _after_fork(**_: Any) -> None:

@@ -39,9 +39,7 @@ def replay_options(request: Mapping[str, Any]) -> dict[str, Any]:
         {
             k: v
             for k, v in request.items()
-            if k not in STANDARD_HEADERS
-            and not hasattr(Context, k)
-            and not k.startswith(("_", "reliable_"))
+            if k not in STANDARD_HEADERS and not hasattr(Context, k) and not k.startswith(("_", "reliable_"))
         }
     )
     options: dict[str, Any] = {

@@ -17,6 +17,7 @@ from celery.worker.request import Request
 from celery.worker.state import task_ready
 
 from . import events, record
+from .exceptions import PermanentError
 from .retry import backoff_delay
 from .store.failures import record_failure
 
@@ -145,8 +146,10 @@ class ReliableRequest(Request):
             exc, Reject | Retry | Ignore | Terminated | TimeLimitExceeded | MemoryError
         ):
             # The pool process stored it in Task.on_failure (it raises Reject when it cannot).
+            task: Any = self.task
+            permanent = isinstance(exc, (PermanentError, *task.policy.permanent))
             events.send_from_request(
-                self, events.FAILURE_STORED, reason="exception", exception=type(exc).__name__,
-                attempts=int(self._context.retries or 0) + 1,
+                self, events.FAILURE_STORED, reason="permanent" if permanent else "exception",
+                exception=type(exc).__name__, attempts=int(self._context.retries or 0) + 1,
             )  # fmt: skip
         return None

@@ -12,7 +12,7 @@ import time
 
 from celery import Celery
 
-from celery_reliable import PermanentError, ReliableTask, RetryPolicy
+from celery_reliable import PermanentError, RetryPolicy
 from celery_reliable.store.engine import get_sessionmaker
 from tests.apps.effects import Attempt, Effect
 
@@ -152,3 +152,31 @@ def fail_then_ok(self, key):
     _effect(key, self.request.id)
 
 
+# --- fault tasks ---
+
+
+@app.task(bind=True, name="t.fault_permanent")
+def fault_permanent(self, key):
+    """Fails for good without touching the database: storing the failure is its only write."""
+    raise PermanentError(f"bad input: {key}")
+
+
+@app.task(bind=True, name="t.fault_idem_race", idempotent=True)
+def fault_idem_race(self, key, seconds):
+    """Counts every run that got past the duplicate check (own transaction), then writes its
+    effect and its completion record in one transaction."""
+    _attempt(key)
+    time.sleep(seconds)
+    with get_sessionmaker(app).begin() as session:
+        session.add(Effect(key=key, task_id=self.request.id, pid=os.getpid()))
+        self.record_completion(session)
+
+
+# A visibility timeout set by the user in broker_transport_options is used as is. The one from
+# reliable_visibility_timeout (RELIABLE_TEST_VT) is raised to 62 s here, above t.hang's
+# time_limit=2 (celery_reliable.install.fit_visibility_timeout), so fault tests that need a
+# short one set RELIABLE_TEST_FAULT_VT.
+if os.environ.get("RELIABLE_TEST_FAULT_VT"):
+    app.conf.broker_transport_options = {
+        "visibility_timeout": float(os.environ["RELIABLE_TEST_FAULT_VT"]),
+    }
