@@ -20,7 +20,8 @@ ensure_venv() {
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     note "installing celery_reliable and its test dependencies"
     "$PY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    "$PY" -m pip install -q -e "$ROOT[dev,postgres,mysql,flower]" || die "pip install failed"
+    "$PY" -m pip install -e "$ROOT[dev,postgres,mysql,flower]" > "$VENV/pip.log" 2>&1 \
+      || { tail -40 "$VENV/pip.log" >&2; die "pip install failed (full log: .venv/pip.log)"; }
     echo "$want" > "$stamp"
   fi
 }

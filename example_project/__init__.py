@@ -1,0 +1,1 @@
+"""A small orders-and-payments service that uses celery_reliable."""
