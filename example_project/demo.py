@@ -98,7 +98,7 @@ def main() -> int:
             payments = session.execute(
                 select(Payment.order_id, func.count()).group_by(Payment.order_id)
             ).all()
-        per_order = {order_id: count for order_id, count in payments}
+        per_order: dict[int, int] = {int(row[0]): int(row[1]) for row in payments}
         doubles = sum(count - 1 for count in per_order.values() if count > 1)
         processed = len(per_order)
         lost = len(orders) - processed
