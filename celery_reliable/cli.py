@@ -21,7 +21,7 @@ def db() -> None:
     """Schema migrations of the reliability tables."""
 
 
-@db.command(cls=CeleryCommand)
+@db.command(name="upgrade", cls=CeleryCommand)
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 @click.pass_context
 def upgrade_cmd(ctx: click.Context, revision: str) -> None:
@@ -33,8 +33,6 @@ def upgrade_cmd(ctx: click.Context, revision: str) -> None:
     except ReliableError as exc:
         raise click.ClickException(str(exc)) from None
 
-
-upgrade_cmd.name = "upgrade"
 
 
 @db.command(cls=CeleryCommand)

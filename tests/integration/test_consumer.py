@@ -135,3 +135,11 @@ def test_whole_worker_killed_messages_complete_after_restart(scenario: Scenario)
     counts = scenario.db.counts()
     assert sum(1 for k in keys if counts.effect(k) >= 1) == len(keys)
     assert scenario.db.failed_rows() == []
+
+
+def test_unserializable_arguments_are_refused_before_sending(scenario: Scenario) -> None:
+    from kombu.exceptions import EncodeError
+
+    with pytest.raises(EncodeError, match="not JSON serializable"):
+        scenario.send("t.ok", object(), task_id="bad-args")
+    assert scenario.depth() == (0, 0)
