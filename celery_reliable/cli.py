@@ -34,7 +34,6 @@ def upgrade_cmd(ctx: click.Context, revision: str) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-
 @db.command(cls=CeleryCommand)
 @click.pass_context
 def current(ctx: click.Context) -> None:

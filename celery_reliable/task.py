@@ -38,6 +38,7 @@ class _Policy:
     policies: Mapping[type[BaseException], RetryPolicy]
     idempotent: bool
     ceiling: float | None
+    builtin: bool = False
 
 
 def _exceptions(values: Any, setting: str) -> tuple[type[BaseException], ...]:
@@ -98,7 +99,10 @@ class ReliableTask(Task[Any, Any]):
         """Fill unset options from the ``reliable_*`` settings (validated here, once per app)."""
         settings = install(app)
         fit_visibility_timeout(app, cls.time_limit or app.conf.task_time_limit)
-        if cls.max_retries is None:
+        # Celery's own tasks (chord_unlock polls with max_retries=None) keep their semantics when
+        # ReliableTask is the app's task_cls; they still get late ack and the failure table.
+        builtin = (cls.name or "").startswith("celery.")
+        if cls.max_retries is None and not builtin:
             cls.max_retries = settings.max_retries
         # Celery's own option names, filled here (before Celery reads them at registration).
         if cls.retry_backoff is None or cls.retry_backoff is True:
@@ -110,7 +114,7 @@ class ReliableTask(Task[Any, Any]):
         backoff = None if cls.retry_backoff is False else float(cls.retry_backoff)
         name = f"task {cls.name!r}" if cls.name else cls.__name__
         cls._reliable = _Policy(
-            max_retries=int(cls.max_retries),
+            max_retries=-1 if cls.max_retries is None else int(cls.max_retries),
             backoff=backoff,
             backoff_max=float(cls.retry_backoff_max),
             jitter=bool(cls.retry_jitter),
@@ -125,8 +129,10 @@ class ReliableTask(Task[Any, Any]):
                 **_policies(settings.retry_policies, "reliable_retry_policies"),
                 **_policies(cls.retry_policies or {}, f"{name} retry_policies"),
             },
-            idempotent=settings.idempotent if cls.idempotent is None else bool(cls.idempotent),
+            idempotent=not builtin
+            and (settings.idempotent if cls.idempotent is None else bool(cls.idempotent)),
             ceiling=retry_ceiling(app),
+            builtin=builtin,
         )
 
     @property
@@ -143,6 +149,8 @@ class ReliableTask(Task[Any, Any]):
         if request is None or request.called_directly:
             return super().__call__(*args, **kwargs)
         policy = self.policy
+        if policy.builtin:
+            return self.run(*args, **kwargs)
         task_id: str = request.id or ""
         if policy.idempotent and task_id and is_processed(self.app, task_id):
             logger.info("Task %s[%s] already completed; duplicate delivery skipped", self.name, request.id)

@@ -81,3 +81,12 @@ def test_decorator_options_override_settings() -> None:
     other.conf.update(reliable_max_retries=2, reliable_idempotent=True)
     inherited = _bind(other).policy
     assert (inherited.max_retries, inherited.idempotent) == (2, True)
+
+
+def test_celery_builtin_tasks_keep_their_semantics() -> None:
+    app = _app("redis://127.0.0.1:6399/0", reliable_idempotent=True)
+    _bind(app)
+    unlock = app.tasks["celery.chord_unlock"]
+    assert isinstance(unlock, ReliableTask)
+    assert unlock.max_retries is None  # polls until the chord is ready, as in Celery
+    assert unlock.policy.builtin and not unlock.policy.idempotent

@@ -75,7 +75,7 @@ def test_delay_never_exceeds_the_visibility_ceiling() -> None:
 
 def test_resolving_names() -> None:
     assert resolve_exceptions(["builtins.KeyError"], "x") == (KeyError,)
-    with pytest.raises(ImproperlyConfigured, match="cannot import 'nope.Missing'"):
+    with pytest.raises(ImproperlyConfigured, match=r"cannot import 'nope\.Missing'"):
         resolve_exceptions(["nope.Missing"], "reliable_retry_for")
     with pytest.raises(ImproperlyConfigured, match="not an exception class"):
         resolve_exceptions(["os.path"], "reliable_retry_for")
