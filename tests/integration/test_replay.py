@@ -78,7 +78,7 @@ def test_replay_refuses_bad_requests(scenario: Scenario, operator: Celery) -> No
     unknown = wait_for(lambda: _row(scenario, "orig-4"), 30, what="stored unknown task")
     with pytest.raises(ReplayError, match="no failed task with id 999999"):
         replay(operator, 999999)
-    with pytest.raises(ReplayError, match="'t.not_registered' .* is not registered"):
+    with pytest.raises(ReplayError, match=r"'t\.not_registered' .* is not registered"):
         replay(operator, unknown["id"])
     with pytest.raises(ReplayError, match="args must be a list"):
         replay(operator, row["id"], args="order-9")  # type: ignore[arg-type]
