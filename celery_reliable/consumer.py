@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 import uuid
 from typing import Any
 
@@ -74,10 +73,18 @@ def raw_record(message: Message, reason: str, exc: BaseException | None, name: s
     )
 
 
+def _requeue(message: Message) -> None:
+    try:
+        message.reject(requeue=True)
+    except Exception:
+        logger.exception("Could not requeue message; it stays unacknowledged until redelivered")
+
+
 class ReliableConsumer(Consumer):
     """Stores unknown, invalid and undecodable messages before rejecting them."""
 
     event_dispatcher: Any  # set by Celery's Events bootstep
+    timer: Any
 
     def _store_raw(
         self, message: Message, reason: str, exc: BaseException | None, name: str | None = None
@@ -90,11 +97,8 @@ class ReliableConsumer(Consumer):
                 "Message %s (%s) could not be stored (%s); returned to the broker",
                 (message.headers or {}).get("id"), reason, store_exc,
             )  # fmt: skip
-            time.sleep(REQUEUE_PAUSE)
-            try:
-                message.reject(requeue=True)
-            except Exception:
-                logger.exception("Could not requeue message; it stays unacknowledged")
+            # Hand it back after a pause, without blocking the worker's event loop.
+            self.timer.call_after(REQUEUE_PAUSE, _requeue, (message,))
             return False
         logger.error("Message %s (%s) stored as failed task %d", failure.task_id, reason, row_id)
         if self.event_dispatcher is not None and self.event_dispatcher.enabled:

@@ -58,6 +58,9 @@ def install(app: Celery) -> ReliableSettings:
     if settings.store_unknown_messages and app.conf.worker_consumer == DEFAULT_CONSUMER:
         app.conf.worker_consumer = RELIABLE_CONSUMER
     _schedule_cleanup(app, settings)
+    from .bootstep import ReliableWorkerStep
+
+    app.steps["worker"].add(ReliableWorkerStep)
     _connect_receivers()
     return settings
 
@@ -93,7 +96,6 @@ def fit_visibility_timeout(app: Celery, time_limit: float | None) -> None:
     if float(options.get("visibility_timeout", 0)) < needed:
         options["visibility_timeout"] = needed
         app.conf.broker_transport_options = options
-        logger.info("visibility_timeout raised to %.0fs to exceed a task time limit", needed)
 
 
 def visibility_timeout(app: Celery) -> float | None:

@@ -4,6 +4,7 @@ before the message is acknowledged, and optionally skip task ids that already co
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -58,6 +59,18 @@ def _policies(values: Mapping[Any, Any], setting: str) -> dict[type[BaseExceptio
         (klass,) = _exceptions([key], setting)
         resolved[klass] = value if isinstance(value, RetryPolicy) else RetryPolicy.from_mapping(value)
     return resolved
+
+
+#: Consecutive failed attempts to store a failure in this process; each one waits longer (up to
+#: STORE_PAUSE_MAX) before the message is handed back, so a database outage is not a busy loop.
+_store_failures: list[float] = []
+STORE_PAUSE_MAX = 5.0
+
+
+def _store_failed_pause() -> None:
+    pause = min(STORE_PAUSE_MAX, 0.1 * 2 ** len(_store_failures))
+    _store_failures.append(pause)
+    time.sleep(pause)
 
 
 class ReliableTask(Task[Any, Any]):
@@ -267,7 +280,9 @@ class ReliableTask(Task[Any, Any]):
                 "message returned to the broker",
                 self.name, task_id, store_exc, exc_info=not isinstance(store_exc, StoreError),
             )  # fmt: skip
+            _store_failed_pause()
             raise Reject(store_exc, requeue=True) from None
+        _store_failures.clear()
         logger.error(
             "Task %s[%s] failed after %d attempt(s) (%s); stored as failed task %d",
             self.name, task_id, failure.attempts, failure.exc_type, row_id,

@@ -180,3 +180,8 @@ if os.environ.get("RELIABLE_TEST_FAULT_VT"):
     app.conf.broker_transport_options = {
         "visibility_timeout": float(os.environ["RELIABLE_TEST_FAULT_VT"]),
     }
+
+# Publish to another broker than the one consumed from (Celery's broker_write_url), so a test
+# can break publishing (self.retry()) while the worker's consumer connection stays up.
+if os.environ.get("RELIABLE_TEST_FAULT_WRITE_BROKER"):
+    app.conf.broker_write_url = os.environ["RELIABLE_TEST_FAULT_WRITE_BROKER"]

@@ -143,3 +143,16 @@ def test_unserializable_arguments_are_refused_before_sending(scenario: Scenario)
     with pytest.raises(EncodeError, match="not JSON serializable"):
         scenario.send("t.ok", object(), task_id="bad-args")
     assert scenario.depth() == (0, 0)
+
+
+def test_worker_holds_one_message_per_process(scenario: Scenario) -> None:
+    # celery worker's own --prefetch-multiplier default (4) is replaced by 1: a worker holds only
+    # the message it runs, so nothing waits unacknowledged behind a long task.
+    worker = scenario.worker()
+    for i in range(4):
+        scenario.send("t.slow", f"pf-{i}", 2.0, task_id=f"pf-{i}")
+    wait_for(lambda: "Task t.slow[pf-0] received" in worker.output(), 20, what="first task received")
+    wait_for(lambda: scenario.depth()[0] == 3, 10, what="three messages left in the queue")
+    assert "prefetch multiplier 1 (set by celery_reliable)" in worker.output()
+    wait_for(lambda: scenario.db.counts().effect("pf-3") == 1, 60, what="all four done")
+    scenario.wait_empty()
