@@ -154,3 +154,28 @@ def test_unmigrated_database_is_a_clear_store_error(any_db_url: str) -> None:
             record_failure(app, _record("z"))
     finally:
         dispose(app)
+
+
+@pytest.mark.postgres
+def test_processed_lookup_survives_a_dropped_connection(postgres_db: str) -> None:
+    # Given a pooled autocommit connection that the server then terminates
+    app = Celery("store", broker="memory://", set_as_current=False)
+    app.conf.reliable_database_url = postgres_db
+    upgrade(app)
+    try:
+        assert mark_processed(app, "d1", "t.x")
+        admin = create_engine(postgres_db, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            dbname = postgres_db.rsplit("/", 1)[1]
+            killed = conn.exec_driver_sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %(db)s AND pid <> pg_backend_pid()",
+                {"db": dbname},
+            ).scalar_one()
+        admin.dispose()
+        assert killed >= 1
+        # When the next lookup runs, Then it reconnects once and answers
+        assert is_processed(app, "d1")
+        assert mark_processed(app, "d2", "t.x")
+    finally:
+        dispose(app)
