@@ -477,9 +477,7 @@ def worker_like_logging(path: Path) -> Iterator[None]:
     """Log WARNING and above to a file, as a ``-l warning`` worker does (failures log there)."""
     root = logging.getLogger()
     handler = logging.FileHandler(path)
-    handler.setFormatter(
-        logging.Formatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
-    )
+    handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"))
     old_level, old_handlers = root.level, root.handlers[:]
     root.handlers = [handler]
     root.setLevel(logging.WARNING)
@@ -524,9 +522,7 @@ def inprocess(store: Store, calls: int, runs: int, logdir: Path) -> list[TraceRe
                 loop()
                 samples.append((time.perf_counter() - start) / calls * 1e6)
                 cpu.append((time.process_time() - cpu_start) / calls * 1e6)
-            results.append(
-                TraceResult(variant, calls, statistics.median(samples), statistics.median(cpu))
-            )
+            results.append(TraceResult(variant, calls, statistics.median(samples), statistics.median(cpu)))
     from celery_reliable.store.engine import dispose
 
     dispose(app)
@@ -586,14 +582,12 @@ def store_operations(store: Store, calls: int) -> str:
 
     def core_insert(task_id: str) -> None:
         with engine.begin() as conn:
-            conn.execute(insert(ProcessedTask).values(
-                task_id=task_id, task_name="ip", completed_at=utcnow()))
+            conn.execute(insert(ProcessedTask).values(task_id=task_id, task_name="ip", completed_at=utcnow()))
 
     held = engine.connect()
 
     def open_insert(task_id: str) -> None:
-        held.execute(insert(ProcessedTask).values(
-            task_id=task_id, task_name="ip", completed_at=utcnow()))
+        held.execute(insert(ProcessedTask).values(task_id=task_id, task_name="ip", completed_at=utcnow()))
         held.commit()
 
     operations: list[tuple[str, Callable[[str], Any]]] = [
@@ -658,8 +652,7 @@ def _profile_table(profiler: cProfile.Profile, calls: int, top: int) -> str:
     wanted = [r for r in sorted(rows, reverse=True) if "bench_consumer" not in r[3]]
     for cumtime, tottime, ncalls, name in wanted[:top]:
         lines.append(
-            f"| {cumtime / calls * 1e6:.1f} | {tottime / calls * 1e6:.1f} | "
-            f"{ncalls / calls:.1f} | `{name}` |"
+            f"| {cumtime / calls * 1e6:.1f} | {tottime / calls * 1e6:.1f} | {ncalls / calls:.1f} | `{name}` |"
         )
     lines += ["", "Top by own time:", ""]
     lines += ["| own us/task | calls/task | function |", "|---:|---:|---|"]
@@ -696,8 +689,7 @@ def environment(client: redis.Redis, store: Store) -> list[str]:
         f"- Python {platform.python_version()}, Celery {celery.__version__}, "
         f"kombu {kombu.__version__}, redis-py {redis.__version__}, "
         f"SQLAlchemy {sqlalchemy.__version__}{driver}",
-        f"- Redis server {server.get('redis_version')}; store: {store.kind} "
-        f"({store.server_version})",
+        f"- Redis server {server.get('redis_version')}; store: {store.kind} ({store.server_version})",
     ]
 
 
@@ -712,24 +704,20 @@ def _cpu_ms(results: list[RunResult]) -> str:
     return f"{worker:.2f} | {pg:.2f} | {max(r.max_unacked for r in results)}"
 
 
-def report(
-    bench: Bench, traces: list[TraceResult], profiles: dict[str, str], command: str
-) -> str:
+def report(bench: Bench, traces: list[TraceResult], profiles: dict[str, str], command: str) -> str:
     args = bench.args
     res = bench.results
     lines = [
         "# Consumer benchmark: ReliableTask vs plain Celery tasks",
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} on commit {bench.code}: "
-        f"`{command}`",
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} on commit {bench.code}: `{command}`",
         "",
         *environment(bench.client, bench.store),
         f"- load average (1, 5, 15 min) at start {bench.load_start}, at end {loadavg()}",
         f"- worker: `celery worker -P prefork -c {args.concurrency} -l {args.loglevel} "
         "--without-heartbeat --without-mingle --without-gossip`, remote control off, no result "
         "backend, one worker run per variant and repetition",
-        f"- {args.runs} runs per variant, interleaved; the median run is shown (all runs in the "
-        "last column)",
+        f"- {args.runs} runs per variant, interleaved; the median run is shown (all runs in the last column)",
         "- queue pre-filled, then the worker started; clock from the worker's `worker_ready` "
         "signal to the last task's `task_postrun` (completion counted with a Redis INCR per "
         "task); tasks/s = N / seconds",
@@ -762,9 +750,7 @@ def report(
             if variant in rate:
                 ratio = rate[variant] / rate["acks_late"]
                 ok = "met" if ratio >= target else "MISSED"
-                verdicts.append(
-                    f"- {LABELS[variant]}: {ratio:.2f}x of (b), target >= {target}x: **{ok}**"
-                )
+                verdicts.append(f"- {LABELS[variant]}: {ratio:.2f}x of (b), target >= {target}x: **{ok}**")
     if all(v in res for v in FAIL_VARIANTS):
         lines += [
             "",

@@ -41,6 +41,7 @@ DB_URL = os.environ.get("BENCH_DB", "")
 if VARIANT not in VARIANTS:
     raise RuntimeError(f"BENCH_VARIANT={VARIANT!r}: expected one of {', '.join(VARIANTS)}")
 
+
 class BenchFailure(Exception):
     """Raised by the failing tasks of variant (e)."""
 

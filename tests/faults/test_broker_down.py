@@ -43,9 +43,7 @@ def redis_scenario(
     yield from private_redis_scenario(request, durable_redis, postgres_db, tmp_path)
 
 
-def test_retry_while_broker_is_down_is_not_lost(
-    redis_scenario: Scenario, durable_redis: RedisServer
-) -> None:
+def test_retry_while_broker_is_down_is_not_lost(redis_scenario: Scenario, durable_redis: RedisServer) -> None:
     scenario = redis_scenario
     workers: list[Worker] = [scenario.worker("w1", **WORKER_ENV)]
     key = "retry-down-1"

@@ -27,9 +27,7 @@ def _rows(scenario: Scenario, count: int) -> list[dict]:
     return rows if len(rows) == count else []
 
 
-def test_final_failures_wait_for_the_database(
-    pg_scenario: Scenario, pg_cluster: PostgresCluster
-) -> None:
+def test_final_failures_wait_for_the_database(pg_scenario: Scenario, pg_cluster: PostgresCluster) -> None:
     scenario = pg_scenario
     worker = scenario.worker(concurrency=2)
     # Given the failed-task database is down
@@ -78,9 +76,7 @@ def test_final_failures_wait_for_the_database(
     )
 
 
-def test_unknown_task_waits_for_the_database(
-    pg_scenario: Scenario, pg_cluster: PostgresCluster
-) -> None:
+def test_unknown_task_waits_for_the_database(pg_scenario: Scenario, pg_cluster: PostgresCluster) -> None:
     scenario = pg_scenario
     worker = scenario.worker()
     # Given the failed-task database is down
