@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 from . import maintenance as _maintenance  # registers celery_reliable.cleanup on every app
+from . import relay as _relay  # registers celery_reliable.relay on every app
 from .config import ReliableSettings, get_settings
 from .exceptions import (
     ImproperlyConfigured,
     PermanentError,
+    PublishError,
     ReliableError,
     ReplayError,
     StoreError,
 )
 from .install import install
 from .migrate import upgrade
+from .outbox import Outbox, outbox, publish_staged
+from .publisher import PublishResult, publish
+from .relay import RelayStats, relay_once
 from .replay import ReplayResult, replay, replay_many
 from .retry import RetryPolicy
 from .store.failures import FailureFilter, get_failure, list_failures, purge_failures
-from .store.models import FailedTask, FailureStatus, ProcessedTask
+from .store.models import FailedTask, FailureStatus, PendingMessage, PendingStatus, ProcessedTask
+from .store.pending import count_by_status, list_pending
 from .task import ReliableTask
 
 __version__ = "0.1.0"
@@ -30,10 +36,22 @@ __all__ = [
     # tasks
     "ReliableTask",
     "RetryPolicy",
+    # publishing
+    "Outbox",
+    "PublishResult",
+    "RelayStats",
+    "count_by_status",
+    "list_pending",
+    "outbox",
+    "publish",
+    "publish_staged",
+    "relay_once",
     # failures and replay
     "FailedTask",
     "FailureFilter",
     "FailureStatus",
+    "PendingMessage",
+    "PendingStatus",
     "ProcessedTask",
     "ReplayResult",
     "get_failure",
@@ -44,9 +62,10 @@ __all__ = [
     # errors
     "ImproperlyConfigured",
     "PermanentError",
+    "PublishError",
     "ReliableError",
     "ReplayError",
     "StoreError",
 ]
 
-del _maintenance
+del _maintenance, _relay

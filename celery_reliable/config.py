@@ -108,27 +108,98 @@ class ReliableSettings:
             "processed ids past their retention; None leaves it out of the beat schedule."
         ),
     )
+    publish_retries: int = field(
+        default=3,
+        metadata=_doc(
+            "publish(): sends tried after the first one fails, before the message goes to the pending table."
+        ),
+    )
+    publish_retry_backoff: float = field(
+        default=0.2,
+        metadata=_doc("publish(): base of the backoff between send tries, seconds (doubling, full jitter)."),
+    )
+    publish_timeout: float = field(
+        default=5.0,
+        metadata=_doc("publish(): seconds to wait for the broker to connect and (RabbitMQ) to confirm a message."),
+    )
+    publish_all: bool = field(
+        default=False,
+        metadata=_doc(
+            "Send every ReliableTask apply_async()/delay() through publish(): retried, confirmed, "
+            "kept in the pending table when the broker is unreachable."
+        ),
+    )
+    relay_interval: float | None = field(
+        default=5.0,
+        metadata=_doc(
+            "Seconds between runs of the beat task celery_reliable.relay, which sends pending "
+            "messages; None leaves it out of the beat schedule."
+        ),
+    )
+    relay_batch_size: int = field(
+        default=500,
+        metadata=_doc("Pending rows claimed and published per batch by the relay."),
+    )
+    relay_time_limit: float = field(
+        default=30.0,
+        metadata=_doc("A relay pass stops claiming new batches after this many seconds."),
+    )
+    relay_lease: float = field(
+        default=60.0,
+        metadata=_doc("Seconds a claimed row belongs to its relay; after that another relay may take it."),
+    )
+    relay_max_attempts: int = field(
+        default=20,
+        metadata=_doc("Failed sends of one pending row before it is marked dead for a person to act on."),
+    )
+    relay_backoff: float = field(
+        default=5.0,
+        metadata=_doc("Base of the backoff before a pending row that failed to send is tried again, seconds."),
+    )
+    relay_backoff_max: float = field(
+        default=600.0,
+        metadata=_doc("Longest wait before a pending row that failed to send is tried again, seconds."),
+    )
+    outbox_grace: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds an outbox message waits for its post-commit send before the relay takes it "
+            "over (a process that died between commit and send)."
+        ),
+    )
+    pending_retention: float = field(
+        default=24 * 3600.0,
+        metadata=_doc("How long sent pending rows are kept before the cleanup task deletes them, seconds."),
+    )
     store_unknown_messages: bool = field(
         default=True,
         metadata=_doc("Store messages for unknown task names and invalid messages instead of dropping them."),
     )
     failure_events: bool = field(
         default=True,
-        metadata=_doc(
-            "Send a 'task-reliable-failure-stored' event (seen by Flower) for every stored failure."
-        ),
+        metadata=_doc("Send a 'task-reliable-failure-stored' event (seen by Flower) for every stored failure."),
     )
 
     def __post_init__(self) -> None:
-        for name in ("max_retries",):
+        for name in ("max_retries", "publish_retries"):
             if getattr(self, name) < 0:
                 raise _bad(name, getattr(self, name), "an integer >= 0")
-        for name in ("retry_backoff", "retry_backoff_max", "idempotency_retention"):
+        for name in (
+            "retry_backoff", "retry_backoff_max", "idempotency_retention", "publish_retry_backoff",
+            "relay_backoff", "relay_backoff_max", "outbox_grace", "pending_retention",
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise _bad(name, getattr(self, name), "a number of seconds >= 0")
         if self.cleanup_interval is not None and self.cleanup_interval <= 0:
             raise _bad("cleanup_interval", self.cleanup_interval, "a number of seconds > 0, or None")
-        for name in ("visibility_timeout", "restore_interval"):
+        for name in ("relay_batch_size", "relay_max_attempts"):
+            if getattr(self, name) < 1:
+                raise _bad(name, getattr(self, name), "an integer >= 1")
+        if self.relay_interval is not None and self.relay_interval <= 0:
+            raise _bad("relay_interval", self.relay_interval, "a number of seconds > 0, or None")
+        for name in (
+            "visibility_timeout", "restore_interval", "publish_timeout", "relay_time_limit", "relay_lease",
+        ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise _bad(name, getattr(self, name), "a number of seconds > 0")
         for exc_name, policy in self.retry_policies.items():
@@ -192,9 +263,7 @@ def _coerce(name: str, value: Any) -> Any:
     elif kind == "tuple[str, ...]":
         if isinstance(value, str):
             value = (value,)
-        ok = isinstance(value, list | tuple) and all(
-            isinstance(v, str) and re.fullmatch(r"[\w.]+", v) for v in value
-        )
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) and re.fullmatch(r"[\w.]+", v) for v in value)
         if ok:
             value = tuple(value)
     else:  # mapping

@@ -86,9 +86,7 @@ class ReliableConsumer(Consumer):
     event_dispatcher: Any  # set by Celery's Events bootstep
     timer: Any
 
-    def _store_raw(
-        self, message: Message, reason: str, exc: BaseException | None, name: str | None = None
-    ) -> bool:
+    def _store_raw(self, message: Message, reason: str, exc: BaseException | None, name: str | None = None) -> bool:
         try:
             failure = raw_record(message, reason, exc, name)
             row_id = record_failure(self.app, failure)

@@ -6,6 +6,7 @@ The tree::
      ├── ImproperlyConfigured   (also celery.exceptions.ImproperlyConfigured)
      ├── StoreError             the database could not be read or written
      ├── ReplayError            a failed row could not be replayed
+     ├── PublishError           bad input to publish(), or a message neither sent nor kept
      └── PermanentError         raised by task code: store the failure now, never retry
 
 Every message names the problem, the value at fault and the fix.
@@ -30,6 +31,10 @@ class StoreError(ReliableError):
 
 class ReplayError(ReliableError):
     """A failed task could not be replayed (unknown id, unregistered task, already replayed)."""
+
+
+class PublishError(ReliableError):
+    """A message was refused (bad input) or could be neither sent nor stored for the relay."""
 
 
 class PermanentError(ReliableError):

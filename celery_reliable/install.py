@@ -118,13 +118,22 @@ def retry_ceiling(app: Celery) -> float | None:
 
 
 def _schedule_cleanup(app: Celery, settings: ReliableSettings) -> None:
-    if settings.cleanup_interval is None:
-        return
-    app.add_periodic_task(
-        settings.cleanup_interval,
-        app.signature("celery_reliable.cleanup"),
-        name="celery_reliable.cleanup",
-    )
+    if settings.cleanup_interval is not None:
+        app.add_periodic_task(
+            settings.cleanup_interval,
+            app.signature("celery_reliable.cleanup"),
+            name="celery_reliable.cleanup",
+            expires=settings.cleanup_interval,
+        )
+    if settings.relay_interval is not None:
+        # A run still queued when the next is due is dropped (expires): relay runs never pile up
+        # behind a broker or database outage.
+        app.add_periodic_task(
+            settings.relay_interval,
+            app.signature("celery_reliable.relay"),
+            name="celery_reliable.relay",
+            expires=settings.relay_interval,
+        )
 
 
 _receivers_connected = False
@@ -153,8 +162,7 @@ def _check_schema(sender: Any = None, **_: Any) -> None:
         revision = current_revision(app)
     except StoreError as exc:
         logger.error(
-            "celery_reliable: database %s is not reachable (%s); final failures will stay with the broker "
-            "until it is",
+            "celery_reliable: database %s is not reachable (%s); final failures will stay with the broker until it is",
             url,
             exc,
         )

@@ -7,6 +7,7 @@ import logging
 from celery import Task, shared_task
 
 from .config import get_settings
+from .store.pending import purge_sent
 from .store.processed import purge_processed
 
 logger = logging.getLogger(__name__)
@@ -14,8 +15,10 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name="celery_reliable.cleanup", bind=True, ignore_result=True)
 def cleanup(self: Task) -> int:  # type: ignore[type-arg]
-    """Delete processed task ids older than ``reliable_idempotency_retention``."""
-    removed = purge_processed(self.app, get_settings(self.app).idempotency_retention)
+    """Delete processed task ids and sent pending rows past their retention."""
+    settings = get_settings(self.app)
+    removed = purge_processed(self.app, settings.idempotency_retention)
+    removed += purge_sent(self.app, settings.pending_retention)
     if removed:
         logger.info("celery_reliable.cleanup removed %d processed ids", removed)
     return removed

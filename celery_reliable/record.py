@@ -90,7 +90,5 @@ def from_request(
         traceback=text,
         attempts=int(request.get("retries") or 0) + 1,
         hostname=hostname or str(request.get("hostname") or ""),
-        replay_of_id=int(replay_of)
-        if isinstance(replay_of, int | str) and str(replay_of).isdigit()
-        else None,
+        replay_of_id=int(replay_of) if isinstance(replay_of, int | str) and str(replay_of).isdigit() else None,
     )

@@ -61,8 +61,7 @@ def _check(app: Celery, row: FailedTask, resume: bool) -> None:
         )
     if not (is_replayable(row.args) and is_replayable(row.kwargs)):
         raise ReplayError(
-            f"failed task {row.id} has arguments that were not stored as JSON; "
-            "replay it with edited args/kwargs."
+            f"failed task {row.id} has arguments that were not stored as JSON; replay it with edited args/kwargs."
         )
 
 

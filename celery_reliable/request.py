@@ -119,9 +119,7 @@ class ReliableRequest(Request):
             events.send_from_request(self, events.FAILURE_STORED, reason="time_limit")
         return None
 
-    def on_failure(
-        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
-    ) -> None:
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = _unwrap(exc_info.exception or Exception("unknown failure"))
         if isinstance(exc, TimeLimitExceeded):
             if not self._reliable_done and self._time_limit(exc):
@@ -130,9 +128,7 @@ class ReliableRequest(Request):
             return None
         lost = isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
         if lost and not self._retries_left() and not self._success_was_stored():
-            if isinstance(exc, SystemExit | KeyboardInterrupt) and (
-                self._already_cancelled or self._already_revoked
-            ):
+            if isinstance(exc, SystemExit | KeyboardInterrupt) and (self._already_cancelled or self._already_revoked):
                 super().on_failure(exc_info, send_failed_event, return_ok)
                 return None
             if not self._store(exc, "worker_lost", exc_info.traceback):
@@ -142,9 +138,7 @@ class ReliableRequest(Request):
             events.send_from_request(self, events.FAILURE_STORED, reason="worker_lost")
             return None
         super().on_failure(exc_info, send_failed_event, return_ok)
-        if not lost and not isinstance(
-            exc, Reject | Retry | Ignore | Terminated | TimeLimitExceeded | MemoryError
-        ):
+        if not lost and not isinstance(exc, Reject | Retry | Ignore | Terminated | TimeLimitExceeded | MemoryError):
             # The pool process stored it in Task.on_failure (it raises Reject when it cannot).
             task: Any = self.task
             permanent = isinstance(exc, (PermanentError, *task.policy.permanent))

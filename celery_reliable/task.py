@@ -131,9 +131,7 @@ class ReliableTask(Task[Any, Any]):
             backoff=backoff,
             backoff_max=float(cls.retry_backoff_max),
             jitter=bool(cls.retry_jitter),
-            retry_for=_exceptions(
-                settings.retry_for if cls.retry_for is None else cls.retry_for, f"{name} retry_for"
-            ),
+            retry_for=_exceptions(settings.retry_for if cls.retry_for is None else cls.retry_for, f"{name} retry_for"),
             permanent=_exceptions(
                 (*settings.permanent_exceptions, *cls.permanent_exceptions),
                 f"{name} permanent_exceptions",
@@ -142,8 +140,7 @@ class ReliableTask(Task[Any, Any]):
                 **_policies(settings.retry_policies, "reliable_retry_policies"),
                 **_policies(cls.retry_policies or {}, f"{name} retry_policies"),
             },
-            idempotent=not builtin
-            and (settings.idempotent if cls.idempotent is None else bool(cls.idempotent)),
+            idempotent=not builtin and (settings.idempotent if cls.idempotent is None else bool(cls.idempotent)),
             ceiling=retry_ceiling(app),
             builtin=builtin,
         )
@@ -176,9 +173,7 @@ class ReliableTask(Task[Any, Any]):
         except Exception as exc:
             if policy.idempotent and isinstance(exc, IntegrityError) and is_processed(self.app, task_id):
                 # A concurrent run committed first; our writes were rolled back with the record.
-                logger.info(
-                    "Task %s[%s] completed by another run; this one rolled back", self.name, request.id
-                )
+                logger.info("Task %s[%s] completed by another run; this one rolled back", self.name, request.id)
                 return None
             self._retry_or_raise(exc)
             raise

@@ -32,9 +32,7 @@ def run() -> None:
         return
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(
-            connection=connection, render_as_batch=connection.dialect.name == "sqlite", **options
-        )
+        context.configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite", **options)
         with context.begin_transaction():
             context.run_migrations()
         return

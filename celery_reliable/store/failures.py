@@ -162,9 +162,7 @@ def get_failure_by_task_id(app: Celery, task_id: str) -> FailedTask | None:
 def purge_failures(app: Celery, filter: FailureFilter | None = None) -> int:
     """Delete the selected rows (not those being replayed); return how many."""
     ids_query = (
-        (filter or FailureFilter())
-        .apply(select(FailedTask.id))
-        .where(FailedTask.status != FailureStatus.REPLAYING)
+        (filter or FailureFilter()).apply(select(FailedTask.id)).where(FailedTask.status != FailureStatus.REPLAYING)
     )
     with session_scope(app) as session:
         ids = list(session.execute(ids_query).scalars())

@@ -110,3 +110,47 @@ class ProcessedTask(Base):
     task_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     task_name: Mapped[str] = mapped_column(String(255))
     completed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class PendingStatus:
+    """Values of :attr:`PendingMessage.status`."""
+
+    PENDING = "pending"  #: waiting to be sent (staged in an outbox, or a send that failed)
+    CLAIMED = "claimed"  #: leased by a relay pass or the post-commit fast path
+    SENT = "sent"  #: the broker has it (kept for ``reliable_pending_retention``, then deleted)
+    DEAD = "dead"  #: failed ``reliable_relay_max_attempts`` times: a person must act
+    EXPIRED = "expired"  #: its ``expires`` passed before it could be sent
+    INVALID = "invalid"  #: cannot be sent as stored (corrupt payload, unregistered task)
+    NEEDS_ACTION = (DEAD, INVALID)
+
+
+class PendingMessage(Base):
+    """A task message that is not known to be in the broker yet, stored exactly as it would be sent."""
+
+    __tablename__ = "celery_reliable_pending_message"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(255), index=True)
+    task_name: Mapped[str] = mapped_column(String(255))
+    args: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    kwargs: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    #: queue, exchange, routing_key, priority, headers, link, link_error, ...
+    options: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    eta: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: publish_fallback (a send that failed) or outbox (staged in the caller's transaction)
+    source: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=PendingStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    #: fencing token of the claim holding the row; a relay whose lease expired no longer matches
+    claim_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        Index("ix_celery_reliable_pending_message_due", "status", "next_attempt_at"),
+        Index("ix_celery_reliable_pending_message_sent", "status", "sent_at"),
+    )

@@ -74,9 +74,7 @@ def mark_processed_in(target: Session | Connection, task_id: str, task_name: str
     A duplicate run that reaches its commit second fails on the primary key, so its writes are
     rolled back with it: the effect happens once.
     """
-    target.execute(
-        insert(ProcessedTask).values(task_id=task_id, task_name=task_name[:255], completed_at=utcnow())
-    )
+    target.execute(insert(ProcessedTask).values(task_id=task_id, task_name=task_name[:255], completed_at=utcnow()))
 
 
 def mark_processed(app: Celery, task_id: str, task_name: str) -> bool:

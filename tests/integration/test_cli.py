@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from celery_reliable.migrate import head_revision
+
 pytestmark = pytest.mark.integration
 
 
@@ -34,9 +36,9 @@ def test_db_upgrade_and_current(tmp_path: Path) -> None:
     assert "database: not migrated" in before.stdout
     upgraded = _celery(tmp_path, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "reliability tables at revision 0001" in upgraded.stdout
+    assert f"reliability tables at revision {head_revision()}" in upgraded.stdout
     after = _celery(tmp_path, "db", "current")
-    assert (after.returncode, after.stdout.strip()) == (0, "database: 0001  shipped head: 0001")
+    assert (after.returncode, after.stdout.strip()) == (0, f"database: {head_revision()}  shipped head: {head_revision()}")
 
 
 def test_db_upgrade_reports_an_unreachable_database(tmp_path: Path) -> None:

@@ -44,9 +44,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_celery_reliable_failed_task")),
         sa.UniqueConstraint("task_id", name=op.f("uq_celery_reliable_failed_task_task_id")),
     )
-    op.create_index(
-        op.f("ix_celery_reliable_failed_task_task_name"), "celery_reliable_failed_task", ["task_name"]
-    )
+    op.create_index(op.f("ix_celery_reliable_failed_task_task_name"), "celery_reliable_failed_task", ["task_name"])
     op.create_index(op.f("ix_celery_reliable_failed_task_status"), "celery_reliable_failed_task", ["status"])
     op.create_index(
         op.f("ix_celery_reliable_failed_task_last_failed_at"),
