@@ -22,9 +22,7 @@ for _name in list(os.environ):
 
 REDIS_URL = os.environ.get("RELIABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 AMQP_URL = os.environ.get("RELIABLE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-POSTGRES_URL = os.environ.get(
-    "RELIABLE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("RELIABLE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("RELIABLE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
@@ -240,9 +238,7 @@ class Scenario:
         self.db.dispose()
 
 
-def make_scenario(
-    request: pytest.FixtureRequest, broker_url: str, db_url: str, tmp: Path
-) -> Iterator[Scenario]:
+def make_scenario(request: pytest.FixtureRequest, broker_url: str, db_url: str, tmp: Path) -> Iterator[Scenario]:
     db = TestDatabase(db_url)
     db.prepare()
     scenario = Scenario(broker_url, unique_queue(request), db, tmp)
@@ -263,9 +259,7 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def scenario(
-    request: pytest.FixtureRequest, broker_url: str, postgres_db: str, tmp_path: Path
-) -> Iterator[Scenario]:
+def scenario(request: pytest.FixtureRequest, broker_url: str, postgres_db: str, tmp_path: Path) -> Iterator[Scenario]:
     """Real broker (Redis and RabbitMQ in turn), real PostgreSQL, workers started by the test."""
     yield from make_scenario(request, broker_url, postgres_db, tmp_path)
 

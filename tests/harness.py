@@ -178,16 +178,12 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
-        persistence = (
-            ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
-        )
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         cmd = [
             shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--save", "", *persistence, "--logfile", str(self.dir / "redis.log"),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         import redis
 
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)

@@ -87,9 +87,7 @@ def custom_permanent(self, key):
     raise KeyError(key)
 
 
-@app.task(
-    bind=True, name="t.policy", retry_policies={TransientError: RetryPolicy(max_retries=1, countdown=0)}
-)
+@app.task(bind=True, name="t.policy", retry_policies={TransientError: RetryPolicy(max_retries=1, countdown=0)})
 def policy(self, key):
     _attempt(key)
     raise TransientError(key)

@@ -159,10 +159,7 @@ def frozen_held(scenario: Scenario, worker: Worker, expected: int, tries: int = 
 def log_count(workers: list[Worker], *needles: str) -> int:
     """Lines of the workers' logs (this test's part) containing every needle."""
     return sum(
-        1
-        for worker in workers
-        for line in worker.output().splitlines()
-        if all(needle in line for needle in needles)
+        1 for worker in workers for line in worker.output().splitlines() if all(needle in line for needle in needles)
     )
 
 

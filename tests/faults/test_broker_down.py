@@ -70,21 +70,14 @@ def test_retry_while_broker_is_down_is_not_lost(redis_scenario: Scenario, durabl
             workers.append(scenario.worker(f"w{restarts + 1}", **WORKER_ENV))
         time.sleep(0.5)
     else:
-        raise AssertionError(
-            f"not done in 120 s: effects={scenario.db.counts().effects} depth={scenario.depth()}"
-        )
+        raise AssertionError(f"not done in 120 s: effects={scenario.db.counts().effects} depth={scenario.depth()}")
     recovery = time.monotonic() - restarted_at
     counts = scenario.db.counts()
     assert counts.effect(key) == 1  # exactly once
     assert counts.attempt(key) == 2  # the interrupted run and the one after the outage
     assert scenario.depth() == (0, 0)  # nothing left in the queue or unacknowledged
     assert scenario.db.failed_rows() == []
-    exits = [
-        line.strip()
-        for w in workers[:-1]
-        for line in w.output().splitlines()
-        if "Unrecoverable error" in line
-    ]
+    exits = [line.strip() for w in workers[:-1] for line in w.output().splitlines() if "Unrecoverable error" in line]
     print(
         f"\n[retry, broker down] done {recovery:.1f}s after the broker restart; "
         f"worker restarts: {restarts}; exits: {exits}"

@@ -82,9 +82,7 @@ def test_unknown_task_waits_for_the_database(pg_scenario: Scenario, pg_cluster: 
     # Given the failed-task database is down
     pg_cluster.stop("immediate")
     # When a message for a task name the worker does not know arrives
-    task_id = scenario.send(
-        "t.fault_not_registered", "x", 2, task_id="dbdown-unknown-1", headers={"tenant": "acme"}
-    )
+    task_id = scenario.send("t.fault_not_registered", "x", 2, task_id="dbdown-unknown-1", headers={"tenant": "acme"})
     # Then the consumer keeps handing it back (paced by REQUEUE_PAUSE) and the broker holds it
     wait_log([worker], 3, 30, f"Message {task_id} (unknown_task) {NOT_STORED}")
     totals = frozen_held(scenario, worker, expected=1)

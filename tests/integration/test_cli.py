@@ -38,7 +38,10 @@ def test_db_upgrade_and_current(tmp_path: Path) -> None:
     assert upgraded.returncode == 0, upgraded.stderr
     assert f"reliability tables at revision {head_revision()}" in upgraded.stdout
     after = _celery(tmp_path, "db", "current")
-    assert (after.returncode, after.stdout.strip()) == (0, f"database: {head_revision()}  shipped head: {head_revision()}")
+    assert (after.returncode, after.stdout.strip()) == (
+        0,
+        f"database: {head_revision()}  shipped head: {head_revision()}",
+    )
 
 
 def test_db_upgrade_reports_an_unreachable_database(tmp_path: Path) -> None:

@@ -65,9 +65,7 @@ def test_migrations_give_exactly_the_models(any_db_url: str) -> None:
         upgrade(engine)
         assert current_revision(engine) == head_revision()
         with engine.connect() as conn:
-            context = MigrationContext.configure(
-                conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
-            )
+            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
             diff = [d for d in compare_metadata(context, Base.metadata) if VERSION_TABLE not in repr(d)]
         assert diff == []
         names = set(inspect(engine).get_table_names())
