@@ -6,6 +6,7 @@ from . import maintenance as _maintenance  # registers celery_reliable.cleanup o
 from . import relay as _relay  # registers celery_reliable.relay on every app
 from .config import ReliableSettings, get_settings
 from .exceptions import (
+    BadMessageError,
     ImproperlyConfigured,
     PermanentError,
     PublishError,
@@ -60,6 +61,7 @@ __all__ = [
     "replay",
     "replay_many",
     # errors
+    "BadMessageError",
     "ImproperlyConfigured",
     "PermanentError",
     "PublishError",

@@ -6,7 +6,8 @@ The tree::
      ├── ImproperlyConfigured   (also celery.exceptions.ImproperlyConfigured)
      ├── StoreError             the database could not be read or written
      ├── ReplayError            a failed row could not be replayed
-     ├── PublishError           bad input to publish(), or a message neither sent nor kept
+     ├── PublishError           a message neither sent nor kept for the relay
+     │    └── BadMessageError   bad input to publish(): nothing was sent or stored
      └── PermanentError         raised by task code: store the failure now, never retry
 
 Every message names the problem, the value at fault and the fix.
@@ -35,6 +36,10 @@ class ReplayError(ReliableError):
 
 class PublishError(ReliableError):
     """A message was refused (bad input) or could be neither sent nor stored for the relay."""
+
+
+class BadMessageError(PublishError):
+    """A message refused before anything was sent or stored: the arguments or options are wrong."""
 
 
 class PermanentError(ReliableError):

@@ -23,7 +23,7 @@ from celery.canvas import Signature
 from kombu.exceptions import EncodeError
 
 from .config import get_settings
-from .exceptions import PublishError, StoreError
+from .exceptions import BadMessageError, PublishError, StoreError
 from .install import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme
 from .store.models import PendingStatus
 from .store.payload import NotJSONError, from_stored, to_stored
@@ -36,11 +36,11 @@ ALLOWED_OPTIONS = frozenset(
     {
         "task_id", "queue", "exchange", "routing_key", "priority", "headers", "countdown", "eta",
         "expires", "link", "link_error", "parent_id", "root_id", "shadow", "time_limit",
-        "soft_time_limit", "ignore_result", "retries",
+        "soft_time_limit", "ignore_result", "retries", "reply_to",
     }
 )  # fmt: skip
 _PASSTHROUGH = ("queue", "exchange", "routing_key", "priority", "parent_id", "root_id", "shadow",
-                "time_limit", "soft_time_limit", "ignore_result", "retries")  # fmt: skip
+                "time_limit", "soft_time_limit", "ignore_result", "retries", "reply_to")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def _signatures(value: Any, name: str) -> list[dict[str, Any]] | None:
     result = []
     for item in items:
         if not isinstance(item, dict):
-            raise PublishError(f"{name} must be a signature or a list of signatures, got {item!r}")
+            raise BadMessageError(f"{name} must be a signature or a list of signatures, got {item!r}")
         result.append(dict(item))
     return result
 
@@ -98,42 +98,42 @@ def prepare(
     options = dict(options or {})
     unknown = sorted(set(options) - ALLOWED_OPTIONS)
     if unknown:
-        raise PublishError(
+        raise BadMessageError(
             f"publish() of {name!r}: unsupported option(s) {unknown}; these could not be replayed from "
             f"the pending table. Supported: {sorted(ALLOWED_OPTIONS)}."
         )
     if not isinstance(name, str) or not name:
-        raise PublishError(f"publish(): task name must be a non-empty string, got {name!r}")
+        raise BadMessageError(f"publish(): task name must be a non-empty string, got {name!r}")
     known = user_tasks(app)
     if known and name not in app.tasks:
         import difflib
 
         near = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise PublishError(f"publish(): task {name!r} is not registered in app {app.main!r}.{hint}")
+        raise BadMessageError(f"publish(): task {name!r} is not registered in app {app.main!r}.{hint}")
     args = list(args or ())
     kwargs = dict(kwargs or {})
     headers = options.pop("headers", None) or {}
     if not isinstance(headers, dict):
-        raise PublishError(f"publish() of {name!r}: headers must be a dict, got {headers!r}")
+        raise BadMessageError(f"publish() of {name!r}: headers must be a dict, got {headers!r}")
     try:
         stored_args, stored_kwargs, stored_headers = to_stored([args, kwargs, headers])
     except NotJSONError as exc:
-        raise PublishError(
+        raise BadMessageError(
             f"publish() of {name!r}: arguments {exc}; pass JSON-serializable values (ids rather than objects)."
         ) from None
     now = datetime.now(timezone.utc)
     eta = options.pop("eta", None)
     countdown = options.pop("countdown", None)
     if eta is not None and countdown is not None:
-        raise PublishError(f"publish() of {name!r}: give eta or countdown, not both")
+        raise BadMessageError(f"publish() of {name!r}: give eta or countdown, not both")
     if countdown is not None:
         if isinstance(countdown, bool) or not isinstance(countdown, int | float) or countdown < 0:
-            raise PublishError(f"publish() of {name!r}: countdown must be seconds >= 0, got {countdown!r}")
+            raise BadMessageError(f"publish() of {name!r}: countdown must be seconds >= 0, got {countdown!r}")
         eta = now + timedelta(seconds=countdown)
     elif eta is not None:
         if not isinstance(eta, datetime):
-            raise PublishError(f"publish() of {name!r}: eta must be a datetime, got {eta!r}")
+            raise BadMessageError(f"publish() of {name!r}: eta must be a datetime, got {eta!r}")
         eta = _aware(eta)
     expires = options.pop("expires", None)
     if expires is not None:
@@ -142,7 +142,7 @@ def prepare(
         elif isinstance(expires, int | float) and not isinstance(expires, bool):
             expires = now + timedelta(seconds=expires)
         else:
-            raise PublishError(f"publish() of {name!r}: expires must be seconds or a datetime, got {expires!r}")
+            raise BadMessageError(f"publish() of {name!r}: expires must be seconds or a datetime, got {expires!r}")
     task_id = str(options.pop("task_id", None) or uuid())
     stored_options: dict[str, Any] = {"headers": stored_headers}
     for key in ("link", "link_error"):
@@ -151,7 +151,7 @@ def prepare(
             try:
                 stored_options[key] = to_stored(sigs)
             except NotJSONError as exc:
-                raise PublishError(f"publish() of {name!r}: {key} {exc}") from None
+                raise BadMessageError(f"publish() of {name!r}: {key} {exc}") from None
     for key in _PASSTHROUGH:
         if options.get(key) is not None:
             stored_options[key] = options[key]
@@ -269,7 +269,7 @@ def publish(
             return PublishResult(values.task_id, sent=True)
         except Exception as exc:
             if is_bad_input(exc):
-                raise PublishError(f"publish() of {name!r}: {exc}") from exc
+                raise BadMessageError(f"publish() of {name!r}: {exc}") from exc
             last_error = exc
             reset_publisher(app)
             if attempt < settings.publish_retries:
