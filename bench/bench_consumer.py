@@ -651,9 +651,7 @@ def _profile_table(profiler: cProfile.Profile, calls: int, top: int) -> str:
     ]
     wanted = [r for r in sorted(rows, reverse=True) if "bench_consumer" not in r[3]]
     for cumtime, tottime, ncalls, name in wanted[:top]:
-        lines.append(
-            f"| {cumtime / calls * 1e6:.1f} | {tottime / calls * 1e6:.1f} | {ncalls / calls:.1f} | `{name}` |"
-        )
+        lines.append(f"| {cumtime / calls * 1e6:.1f} | {tottime / calls * 1e6:.1f} | {ncalls / calls:.1f} | `{name}` |")
     lines += ["", "Top by own time:", ""]
     lines += ["| own us/task | calls/task | function |", "|---:|---:|---|"]
     for _cumtime, tottime, ncalls, name in sorted(rows, key=lambda r: r[1], reverse=True)[:top]:

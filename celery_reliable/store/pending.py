@@ -13,11 +13,30 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from celery import Celery
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Row,
+    Select,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.elements import ColumnElement
 
 from .failures import session_scope
 from .models import PendingMessage, PendingStatus, utcnow
@@ -79,104 +98,192 @@ def _insert(target: Session | Connection, rows: list[dict[str, Any]]) -> list[in
     return ids
 
 
+#: The pending table, for Core statements (no ORM objects on the relay's hot path).
+_T: Table = PendingMessage.__table__  # type: ignore[assignment]
+#: What the relay needs of a claimed row (attributes named as on :class:`PendingMessage`).
+_SEND_COLUMNS = (
+    _T.c.id, _T.c.task_id, _T.c.task_name, _T.c.args, _T.c.kwargs, _T.c.options, _T.c.eta, _T.c.expires_at,
+)  # fmt: skip
+
+
+class PendingRow(Protocol):
+    """A claimed row as the relay reads it: a :class:`PendingMessage` or a lighter Core row."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def task_name(self) -> str: ...
+    @property
+    def args(self) -> Any: ...
+    @property
+    def kwargs(self) -> Any: ...
+    @property
+    def options(self) -> Any: ...
+    @property
+    def eta(self) -> datetime | None: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+
+
 def _due(now: datetime) -> Any:
     return or_(
-        and_(PendingMessage.status == PendingStatus.PENDING, PendingMessage.next_attempt_at <= now),
-        and_(PendingMessage.status == PendingStatus.CLAIMED, PendingMessage.lease_expires_at < now),
+        and_(_T.c.status == PendingStatus.PENDING, _T.c.next_attempt_at <= now),
+        and_(_T.c.status == PendingStatus.CLAIMED, _T.c.lease_expires_at < now),
     )
+
+
+def claim_query(
+    now: datetime, limit: int, ids: Iterable[int] | None = None, after_id: int | None = None
+) -> Select[tuple[int]]:
+    """The ids a claim takes: ``limit`` due rows oldest first (with ids above ``after_id``, if
+    given), or exactly ``ids`` if still unsent."""
+    chosen = select(_T.c.id)
+    if ids is None:
+        if after_id is not None:
+            chosen = chosen.where(_T.c.id > after_id)
+        return chosen.where(_due(now)).order_by(_T.c.id).limit(limit)
+    return chosen.where(
+        _T.c.id.in_(list(ids)),
+        _T.c.status.in_((PendingStatus.PENDING, PendingStatus.CLAIMED)),
+        or_(_T.c.status == PendingStatus.PENDING, _T.c.lease_expires_at < now),
+    )
+
+
+def lease_values(token: str, now: datetime, lease: float) -> dict[str, Any]:
+    """The columns a claim sets."""
+    return {"status": PendingStatus.CLAIMED, "claim_token": token, "lease_expires_at": now + timedelta(seconds=lease)}
+
+
+def _chosen(dialect: str, chosen: Select[tuple[int]]) -> ColumnElement[bool]:
+    """The claim's WHERE: the rows ``chosen`` selects (locked with SKIP LOCKED, except on SQLite).
+
+    PostgreSQL: ``id = ANY(ARRAY(SELECT ... FOR UPDATE SKIP LOCKED))``: the chosen ids are locked
+    and collected first, then updated through the primary key. (With ``id IN (SELECT ...)``
+    PostgreSQL may hash-join the chosen ids against a scan of the whole table.)
+    """
+    if dialect == "postgresql":
+        return _T.c.id == any_(func.array(chosen.with_for_update(skip_locked=True).scalar_subquery()))
+    return _T.c.id.in_(chosen.scalar_subquery())
+
+
+def postgres_claim(chosen: Select[tuple[int]], values: dict[str, Any]) -> Update:
+    """PostgreSQL's claim as one statement, returning the columns the relay sends."""
+    return update(_T).where(_chosen("postgresql", chosen)).values(**values).returning(*_SEND_COLUMNS)
+
+
+def _one_statement(dialect: Dialect) -> bool:
+    """Whether a claim is one ``UPDATE ... RETURNING`` (PostgreSQL; SQLite >= 3.35, one writer at a time)."""
+    return dialect.name == "postgresql" or (dialect.name == "sqlite" and bool(dialect.update_returning))
+
+
+def claim_rows(
+    app: Celery, *, limit: int, lease: float, ids: Iterable[int] | None = None, after_id: int | None = None
+) -> tuple[str, list[Row[Any]]]:
+    """Like :func:`claim`, returning light rows (the columns the relay sends), oldest first.
+
+    ``after_id``: only rows with a higher id (a relay pass continuing where its last batch
+    ended, instead of walking again over the rows below it, most of them sent).
+    PostgreSQL and SQLite: one ``UPDATE ... RETURNING``. MariaDB (no ``UPDATE ... RETURNING``):
+    ``SELECT ... FOR UPDATE SKIP LOCKED`` of the columns, then one ``UPDATE``.
+    """
+    token = str(uuid.uuid4())
+    wanted = None if ids is None else list(ids)
+    if wanted is not None and not wanted:
+        return token, []
+    now = utcnow()
+    chosen = claim_query(now, limit, wanted, after_id)
+    values = lease_values(token, now, lease)
+    with session_scope(app) as session:
+        conn = session.connection()
+        statement = update(_T).where(_chosen(conn.dialect.name, chosen)).values(**values)
+        if _one_statement(conn.dialect):
+            rows = list(conn.execute(statement.returning(*_SEND_COLUMNS)))
+        elif conn.dialect.name == "sqlite":  # before 3.35: the same UPDATE, then read back by token
+            conn.execute(statement)
+            rows = list(conn.execute(select(*_SEND_COLUMNS).where(_T.c.claim_token == token)))
+        else:
+            rows = list(conn.execute(chosen.with_only_columns(*_SEND_COLUMNS).with_for_update(skip_locked=True)))
+            if rows:
+                conn.execute(update(_T).where(_T.c.id.in_([r.id for r in rows])).values(**values))
+    return token, sorted(rows, key=_row_id)
+
+
+def _row_id(row: Row[Any] | PendingMessage) -> int:
+    return int(row.id)
 
 
 def claim(
     app: Celery, *, limit: int, lease: float, ids: Iterable[int] | None = None
 ) -> tuple[str, list[PendingMessage]]:
-    """Lease up to ``limit`` due rows (or exactly ``ids``, if still unsent) to a new token."""
+    """Lease up to ``limit`` due rows (or exactly ``ids``, if still unsent) to a new token.
+
+    The rows come as :class:`PendingMessage` objects, oldest first: from the ``UPDATE ...
+    RETURNING`` itself on PostgreSQL and SQLite, read back by id on MariaDB.
+    """
     token = str(uuid.uuid4())
+    wanted = None if ids is None else list(ids)
+    if wanted is not None and not wanted:
+        return token, []
     now = utcnow()
-    chosen = select(PendingMessage.id)
-    if ids is None:
-        chosen = chosen.where(_due(now)).order_by(PendingMessage.id).limit(limit)
-    else:
-        wanted = list(ids)
-        if not wanted:
-            return token, []
-        chosen = chosen.where(
-            PendingMessage.id.in_(wanted),
-            PendingMessage.status.in_((PendingStatus.PENDING, PendingStatus.CLAIMED)),
-            or_(PendingMessage.status == PendingStatus.PENDING, PendingMessage.lease_expires_at < now),
-        )
-    lease_values = {
-        "status": PendingStatus.CLAIMED,
-        "claim_token": token,
-        "lease_expires_at": now + timedelta(seconds=lease),
-    }
+    chosen = claim_query(now, limit, wanted)
+    values = lease_values(token, now, lease)
     with session_scope(app) as session:
-        dialect = session.get_bind().dialect.name
-        if dialect == "sqlite":
-            session.execute(
+        dialect = session.get_bind().dialect
+        if _one_statement(dialect):
+            statement = (
                 update(PendingMessage)
-                .where(PendingMessage.id.in_(chosen.scalar_subquery()))
-                .values(**lease_values)
+                .where(_chosen(dialect.name, chosen))
+                .values(**values)
+                .returning(PendingMessage)
                 .execution_options(synchronize_session=False)
             )
+            return token, sorted(session.scalars(statement), key=_row_id)
+        conn = session.connection()
+        if dialect.name == "sqlite":  # before 3.35: the same UPDATE, then read back by token
+            conn.execute(update(_T).where(_chosen("sqlite", chosen)).values(**values))
+            query = select(PendingMessage).where(PendingMessage.claim_token == token).order_by(PendingMessage.id)
+            return token, list(session.scalars(query))
+        ids_locked = list(conn.execute(chosen.with_for_update(skip_locked=True)).scalars())
+        if not ids_locked:
+            return token, []
+        conn.execute(update(_T).where(_T.c.id.in_(ids_locked)).values(**values))
+        query = select(PendingMessage).where(PendingMessage.id.in_(ids_locked)).order_by(PendingMessage.id)
+        return token, list(session.scalars(query))
+
+
+def _update_claimed(app: Celery, token: str, ids: Sequence[int], values: dict[str, Any]) -> int:
+    """Update the rows among ``ids`` that ``token`` still holds; returns how many."""
+    if not ids:
+        return 0
+    with session_scope(app) as session:
+        conn = session.connection()
+        if conn.dialect.name == "postgresql":
+            # One array parameter instead of one parameter per id.
+            matches = _T.c.id == any_(bindparam("claimed_ids", list(ids), type_=ARRAY(BigInteger)))
         else:
-            locked = list(session.execute(chosen.with_for_update(skip_locked=True)).scalars())
-            if not locked:
-                return token, []
-            session.execute(
-                update(PendingMessage)
-                .where(PendingMessage.id.in_(locked))
-                .values(**lease_values)
-                .execution_options(synchronize_session=False)
-            )
-        rows = list(
-            session.execute(
-                select(PendingMessage).where(PendingMessage.claim_token == token).order_by(PendingMessage.id)
-            ).scalars()
-        )
-    return token, rows
+            matches = _T.c.id.in_(list(ids))
+        result = conn.execute(update(_T).where(matches, _T.c.claim_token == token).values(**values))
+        return int(result.rowcount or 0)
 
 
 def mark_sent(app: Celery, token: str, ids: Sequence[int]) -> int:
     """Mark claimed rows sent; rows no longer held by ``token`` are left alone. Returns count."""
-    if not ids:
-        return 0
-    now = utcnow()
-    with session_scope(app) as session:
-        result = session.execute(
-            update(PendingMessage)
-            .where(PendingMessage.id.in_(list(ids)), PendingMessage.claim_token == token)
-            .values(status=PendingStatus.SENT, sent_at=now, claim_token=None, lease_expires_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    values = {"status": PendingStatus.SENT, "sent_at": utcnow(), "claim_token": None, "lease_expires_at": None}
+    return _update_claimed(app, token, ids, values)
 
 
 def mark_status(app: Celery, token: str, ids: Sequence[int], status: str, error: str) -> int:
     """Move claimed rows to a final state (expired, invalid, dead) with the reason."""
-    if not ids:
-        return 0
-    with session_scope(app) as session:
-        result = session.execute(
-            update(PendingMessage)
-            .where(PendingMessage.id.in_(list(ids)), PendingMessage.claim_token == token)
-            .values(status=status, last_error=error[:10000], claim_token=None, lease_expires_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    values = {"status": status, "last_error": error[:10000], "claim_token": None, "lease_expires_at": None}
+    return _update_claimed(app, token, ids, values)
 
 
 def release(app: Celery, token: str, ids: Sequence[int]) -> int:
     """Give claimed rows back untouched (not tried in this pass)."""
-    if not ids:
-        return 0
-    with session_scope(app) as session:
-        result = session.execute(
-            update(PendingMessage)
-            .where(PendingMessage.id.in_(list(ids)), PendingMessage.claim_token == token)
-            .values(status=PendingStatus.PENDING, claim_token=None, lease_expires_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    values = {"status": PendingStatus.PENDING, "claim_token": None, "lease_expires_at": None}
+    return _update_claimed(app, token, ids, values)
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:

@@ -1,0 +1,849 @@
+"""Publishing cost of celery_reliable against plain Celery, on Redis, RabbitMQ and PostgreSQL.
+
+    python -m bench.bench_publish [--n 20000] [--n-amqp 10000] [--n-single 2000] [--n-outbox 500]
+                                  [--runs 3] [--batch 500] [--claim-sizes 1000,10000,100000]
+
+Sections (all in one run, each against plain Celery on the same broker):
+
+    1  relay drain PostgreSQL -> Redis: N pending rows sent by ``relay_once``, against a loop of
+       ``apply_async`` over the same N messages
+    2  relay drain PostgreSQL -> RabbitMQ with publisher confirms, against a loop of
+       ``apply_async`` with ``confirm_publish`` (one confirm awaited per message)
+    3  ``publish()`` on a healthy broker against ``apply_async``: Redis; RabbitMQ (publish()
+       confirms each message: against apply_async with and without ``confirm_publish``)
+    4  outbox: time from ``session.commit()`` to the message in Redis (a consumer thread BRPOPs
+       the queue), post-commit fast path; plain "commit, then apply_async" for reference
+    5  relay claim cost against the size of the pending table (due rows; sent rows kept for
+       ``reliable_pending_retention``), and EXPLAIN ANALYZE of the claim statement
+
+Everything runs on 127.0.0.1: a PostgreSQL database created and dropped here (next to
+``--pg-url``), Redis db ``--redis-db`` with every key under a unique prefix (kombu's
+``global_keyprefix``; deleted at the end, the server is never flushed or reconfigured), and a
+RabbitMQ queue (and its exchange) of a unique name, deleted at the end. Every loop is bounded in
+count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from bench.bench_consumer import Store, code_version, delete_keys, environment, loadavg, log, proc_cpu
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TASK = "bench.publish.noop"
+PENDING = "celery_reliable_pending_message"
+
+#: Targets of the brief.
+TARGET_RELAY_RATE = 20_000.0
+TARGET_RELAY_REDIS_RATIO = 9.0
+TARGET_RELAY_AMQP_RATIO = 3.0
+TARGET_PUBLISH_OVERHEAD = 0.10
+TARGET_OUTBOX_P50_MS = 5.0
+
+
+def payload(i: int) -> tuple[list[Any], dict[str, Any]]:
+    """The arguments of message ``i``: small, JSON, a little varied."""
+    return [i, f"order-{i:08d}"], {"customer": f"c-{i % 997}", "amount": i % 1000 + 0.5, "lines": [1, 2, 3]}
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def make_app(
+    name: str, broker: str, queue: str, *, db_url: str = "", transport: dict[str, Any] | None = None
+) -> Celery:
+    """A producer app with the benchmark task registered (its body never runs here)."""
+    app = Celery(name, set_as_current=False)
+    app.conf.update(
+        broker_url=broker,
+        broker_transport_options=dict(transport or {}),
+        broker_connection_retry_on_startup=True,
+        result_backend=None,
+        task_ignore_result=True,
+        task_default_queue=queue,
+    )
+    if db_url:
+        app.conf.reliable_database_url = db_url
+    app.task(name=TASK, shared=False)(_noop)
+    return app
+
+
+def close_app(app: Celery) -> None:
+    from celery_reliable.publisher import reset_publisher
+    from celery_reliable.store.engine import dispose
+
+    reset_publisher(app)
+    dispose(app)
+    app.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+# -- the pending table ------------------------------------------------------------------------
+
+
+def pending_rows(app: Celery, start: int, count: int, *, status: str = "pending") -> list[dict[str, Any]]:
+    """``count`` rows as ``publish()`` would store them (``prepare`` of the same messages)."""
+    from celery_reliable.publisher import prepare
+    from celery_reliable.store.models import utcnow
+
+    now = utcnow()
+    rows = []
+    for i in range(start, start + count):
+        args, kwargs = payload(i)
+        row = prepare(app, TASK, args, kwargs, {}).row("publish_fallback", now)
+        if status != "pending":
+            row.update(status=status, sent_at=now)
+        rows.append(row)
+    return rows
+
+
+def fill(engine: Engine, rows: list[dict[str, Any]], *, truncate: bool = True) -> None:
+    """Insert rows in bulk (executemany, 5000 per statement), then ANALYZE."""
+    from celery_reliable.store.models import PendingMessage
+
+    with engine.begin() as conn:
+        if truncate:
+            conn.execute(text(f"TRUNCATE {PENDING} RESTART IDENTITY"))
+        for start in range(0, len(rows), 5000):
+            conn.execute(insert(PendingMessage.__table__), rows[start : start + 5000])
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text(f"ANALYZE {PENDING}"))
+
+
+def status_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(text(f"SELECT status, count(*) FROM {PENDING} GROUP BY status")).all()
+    return {str(status): int(count) for status, count in rows}
+
+
+# -- brokers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisSide:
+    url: str  # with the db number
+    prefix: str
+    client: redis.Redis
+
+    def depth(self, queue: str) -> int:
+        return int(self.client.llen(self.prefix + queue))
+
+    def drop(self, queue: str) -> None:
+        self.client.delete(self.prefix + queue)
+
+    def server_cpu(self) -> float:
+        pid = int(self.client.info("server").get("process_id", 0) or 0)
+        return proc_cpu(pid) if pid else 0.0
+
+
+@dataclass
+class AmqpSide:
+    url: str
+    queue: str
+    made: bool = False
+
+    @contextmanager
+    def channel(self) -> Iterator[Any]:
+        from kombu import Connection
+
+        with Connection(self.url, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1)
+            yield conn.channel()
+
+    def depth(self) -> int:
+        with self.channel() as channel:
+            return int(channel.queue_declare(queue=self.queue, passive=True).message_count)
+
+    def wait_depth(self, count: int, timeout: float = 30) -> int:
+        """Messages in the queue, once ``count`` have arrived (unconfirmed ones may lag)."""
+        deadline = time.monotonic() + timeout
+        depth = 0
+        for _ in range(int(timeout / 0.05) + 1):
+            depth = self.depth()
+            if depth >= count or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        return depth
+
+    def purge(self) -> None:
+        with self.channel() as channel:
+            channel.queue_purge(self.queue)
+
+    def delete(self) -> None:
+        """The queue and the exchange Celery declared for it (named like the queue)."""
+        with self.channel() as channel:
+            channel.queue_delete(self.queue)
+        with self.channel() as channel:
+            channel.exchange_delete(self.queue)
+
+
+# -- measurements -----------------------------------------------------------------------------
+
+
+@dataclass
+class Rate:
+    """One timed run that moved ``count`` messages."""
+
+    count: int
+    seconds: float
+    cpu: float = 0.0  # this process
+    pg_cpu: float = 0.0  # PostgreSQL backends of our database
+    broker_cpu: float = 0.0  # redis-server (RabbitMQ not measured)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    def per_msg_us(self, seconds: float) -> float:
+        return seconds / self.count * 1e6
+
+
+def median_run(runs: list[Rate]) -> Rate:
+    return sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    store: Store
+    engine: Engine
+    redis: RedisSide
+    amqp: AmqpSide | None
+    queue: str
+    results: dict[str, Any] = field(default_factory=dict)
+    load_start: str = field(default_factory=loadavg)
+    code: str = field(default_factory=code_version)
+
+    def timed(self, count: int, work: Callable[[], None], broker_cpu: bool = False) -> Rate:
+        pg0 = self.store.backend_cpu()
+        rd0 = self.redis.server_cpu() if broker_cpu else 0.0
+        cpu0 = time.process_time()
+        start = time.perf_counter()
+        work()
+        seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
+        pg = self.store.backend_cpu() - pg0
+        rd = self.redis.server_cpu() - rd0 if broker_cpu else 0.0
+        return Rate(count, seconds, cpu, max(pg, 0.0), max(rd, 0.0))
+
+    # -- 1 and 2: relay drains --------------------------------------------------------------
+
+    def drain(self, app: Celery, count: int) -> None:
+        """relay_once until every row is sent (it loops over batches itself; bounded by time)."""
+        from celery_reliable import relay_once
+
+        sent = 0
+        deadline = time.monotonic() + self.args.drain_timeout
+        for _ in range(count // self.args.batch + 10):
+            stats = relay_once(app, batch_size=self.args.batch, time_limit=self.args.drain_timeout)
+            sent += stats.sent
+            if stats.broker_down:
+                raise RuntimeError(f"relay: broker down: {stats.errors[:1]}")
+            if sent >= count or stats.claimed == 0 or time.monotonic() > deadline:
+                break
+        if sent != count:
+            raise RuntimeError(f"relay sent {sent} of {count} rows")
+
+    def relay_section(self, kind: str) -> None:
+        args = self.args
+        n = args.n if kind == "redis" else args.n_amqp
+        broker = self.redis.url if kind == "redis" else args.amqp
+        transport = {"global_keyprefix": self.redis.prefix} if kind == "redis" else {}
+        reliable = make_app(f"relay-{kind}", broker, self.queue, db_url=self.store.url, transport=transport)
+        plain_transport = dict(transport) if kind == "redis" else {"confirm_publish": True}
+        plain = make_app(f"plain-{kind}", broker, self.queue, transport=plain_transport)
+        task = plain.tasks[TASK]
+        rows = pending_rows(reliable, 0, n)
+        relay_runs: list[Rate] = []
+        plain_runs: list[Rate] = []
+        try:
+            # warm-up: connections, declarations, caches
+            fill(self.engine, rows[:200])
+            self.drain(reliable, 200)
+            for i in range(200):
+                task.apply_async(*payload(i))
+            self.empty(kind, 400)
+            for run in range(args.runs):
+                fill(self.engine, rows)
+
+                def loop() -> None:
+                    for i in range(n):
+                        task.apply_async(*payload(i))
+
+                plain_runs.append(self.timed(n, loop, broker_cpu=kind == "redis"))
+                self.empty(kind, n)
+                relay_runs.append(self.timed(n, lambda: self.drain(reliable, n), broker_cpu=kind == "redis"))
+                counts = status_counts(self.engine)
+                if counts != {"sent": n}:
+                    raise RuntimeError(f"relay left rows {counts}")
+                self.empty(kind, n)
+                log(
+                    f"{kind} drain run {run + 1}: relay {relay_runs[-1].rate:,.0f} msg/s, "
+                    f"apply_async loop {plain_runs[-1].rate:,.0f} msg/s"
+                )
+        finally:
+            close_app(reliable)
+            close_app(plain)
+        self.results[f"relay_{kind}"] = (relay_runs, plain_runs)
+
+    def empty(self, kind: str, expected: int) -> None:
+        """Check the queue holds ``expected`` messages, then empty it."""
+        if kind == "redis":
+            depth = self.redis.depth(self.queue)
+            self.redis.drop(self.queue)
+        else:
+            assert self.amqp is not None
+            depth = self.amqp.wait_depth(expected)
+            self.amqp.purge()
+        if depth != expected:
+            raise RuntimeError(f"{kind}: {depth} messages in the queue, expected {expected}")
+
+    # -- 3: publish() against apply_async -------------------------------------------------------
+
+    def single_section(self, kind: str) -> None:
+        from celery_reliable import publish
+
+        args = self.args
+        n = args.n_single
+        if kind == "redis":
+            broker, transport = self.redis.url, {"global_keyprefix": self.redis.prefix}
+            apps = {
+                "apply_async": make_app("single-plain", broker, self.queue, transport=transport),
+                "publish": make_app("single-reliable", broker, self.queue, db_url=self.store.url, transport=transport),
+            }
+        else:
+            broker = args.amqp
+            apps = {
+                "apply_async": make_app("single-plain", broker, self.queue),
+                "apply_async_confirm": make_app(
+                    "single-confirm", broker, self.queue, transport={"confirm_publish": True}
+                ),
+                "publish": make_app("single-reliable", broker, self.queue, db_url=self.store.url),
+            }
+        senders: dict[str, Callable[[int], Any]] = {}
+        for variant, app in apps.items():
+            if variant == "publish":
+                senders[variant] = lambda i, app=app: publish(app, TASK, *payload(i))
+            else:
+                senders[variant] = lambda i, task=app.tasks[TASK]: task.apply_async(*payload(i))
+        block = max(1, min(args.block, n))
+        totals: dict[str, list[float]] = {variant: [] for variant in senders}
+        try:
+            for send in senders.values():  # warm-up
+                for i in range(100):
+                    send(i)
+            self.empty(kind, 100 * len(senders))
+            for run in range(args.runs):
+                seconds = dict.fromkeys(senders, 0.0)
+                order = list(senders)
+                for b in range(n // block):
+                    order.reverse()  # alternate which variant goes first
+                    for variant in order:
+                        send = senders[variant]
+                        start = time.perf_counter()
+                        for i in range(b * block, (b + 1) * block):
+                            send(i)
+                        seconds[variant] += time.perf_counter() - start
+                sent = (n // block) * block
+                self.empty(kind, sent * len(senders))
+                for variant in senders:
+                    totals[variant].append(seconds[variant] / sent * 1e6)
+                log(
+                    f"{kind} single run {run + 1}: "
+                    + ", ".join(f"{v} {seconds[v] / sent * 1e6:.0f} us" for v in seconds)
+                )
+        finally:
+            for app in apps.values():
+                close_app(app)
+        self.results[f"single_{kind}"] = totals
+
+    # -- 4: outbox latency ------------------------------------------------------------------------
+
+    def outbox_section(self) -> None:
+        from celery_reliable import outbox
+
+        args = self.args
+        transport = {"global_keyprefix": self.redis.prefix}
+        reliable = make_app("outbox", self.redis.url, self.queue, db_url=self.store.url, transport=transport)
+        plain = make_app("outbox-plain", self.redis.url, self.queue, transport=transport)
+        task = plain.tasks[TASK]
+        with self.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {PENDING}"))
+            conn.execute(
+                text(
+                    "CREATE TABLE IF NOT EXISTS bench_order (id bigserial PRIMARY KEY, customer text NOT NULL, "
+                    "amount numeric NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
+                )
+            )
+        user_engine = create_engine(self.store.url, pool_size=2)  # the application's own engine
+        sessions = sessionmaker(user_engine)
+        waiter = Waiter(self.redis.url, self.redis.prefix + self.queue, deadline=time.monotonic() + 300)
+        order_insert = text("INSERT INTO bench_order (customer, amount) VALUES (:customer, :amount)")
+        results: dict[str, dict[str, list[float]]] = {}
+        try:
+            waiter.start()
+            for variant in ("outbox", "plain"):
+                latency: list[float] = []
+                commit: list[float] = []
+                for i in range(20 + args.n_outbox):  # 20 warm-up messages
+                    msg_args, msg_kwargs = payload(i)
+                    session: Session = sessions()
+                    try:
+                        session.execute(order_insert, {"customer": msg_kwargs["customer"], "amount": i})
+                        if variant == "outbox":
+                            task_id = outbox(session, reliable).send(TASK, msg_args, msg_kwargs)
+                        started = time.perf_counter()
+                        session.commit()
+                        committed = time.perf_counter()
+                        if variant == "plain":
+                            task_id = task.apply_async(msg_args, msg_kwargs).id
+                    finally:
+                        session.close()
+                    arrived = waiter.wait(task_id, timeout=10)
+                    if i >= 20:
+                        latency.append((arrived - started) * 1000)
+                        commit.append((committed - started) * 1000)
+                results[variant] = {"latency": latency, "commit": commit}
+                p50, p99 = pct(latency, 0.5), pct(latency, 0.99)
+                log(f"outbox {variant}: commit -> in Redis p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+            counts = status_counts(self.engine)
+            if counts != {"sent": args.n_outbox + 20}:
+                raise RuntimeError(f"outbox rows {counts}")
+        finally:
+            waiter.stop()
+            user_engine.dispose()
+            close_app(reliable)
+            close_app(plain)
+        self.results["outbox"] = results
+
+    # -- 5: claim cost against the table size -----------------------------------------------------
+
+    def claim_section(self) -> None:
+        from celery_reliable.store import pending
+
+        args = self.args
+        app = make_app("claim", self.redis.url, self.queue, db_url=self.store.url)
+        claim = getattr(pending, "claim_rows", None) or pending.claim
+        claim_after = getattr(pending, "claim_rows", None) if hasattr(pending, "lease_values") else None
+        template = dict(pending_rows(app, 0, 1)[0], sent_at=None)
+        table: list[tuple[str, int, float, float, float]] = []
+        plans: dict[str, list[str]] = {}
+        try:
+            for size in args.claim_size_list:
+                for scenario in ("due", "sent"):
+                    if scenario == "due":
+                        rows = [dict(template, task_id=str(uuid.uuid4())) for _ in range(size)]
+                    else:  # size sent rows kept for the retention, then 2000 due rows
+                        sent = dict(template, status="sent", sent_at=template["created_at"])
+                        rows = [dict(sent, task_id=str(uuid.uuid4())) for _ in range(size)]
+                        rows += [dict(template, task_id=str(uuid.uuid4())) for _ in range(2000)]
+                    fill(self.engine, rows)
+                    # a relay pass claims its first batch from the lowest id, the next ones above
+                    # the last id of the batch before (here: above the sent rows)
+                    mark = size if scenario == "sent" else 0
+                    claims: list[float] = []
+                    continuing: list[float] = []
+                    legacy: list[float] = []
+                    for k in range(args.claim_repeats + 1):
+                        start = time.perf_counter()
+                        token, claimed = claim(app, limit=args.batch, lease=60)
+                        took = time.perf_counter() - start
+                        pending.release(app, token, [r.id for r in claimed])
+                        took_after = float("nan")
+                        if claim_after is not None:
+                            start = time.perf_counter()
+                            token, claimed = claim_after(app, limit=args.batch, lease=60, after_id=mark)
+                            took_after = time.perf_counter() - start
+                            pending.release(app, token, [r.id for r in claimed])
+                        start = time.perf_counter()
+                        token = legacy_claim(self.engine, args.batch)
+                        legacy_took = time.perf_counter() - start
+                        legacy_release(self.engine, token)
+                        if k:  # the first is warm-up
+                            claims.append(took * 1000)
+                            continuing.append(took_after * 1000)
+                            legacy.append(legacy_took * 1000)
+                    medians = (statistics.median(claims), statistics.median(continuing), statistics.median(legacy))
+                    table.append((scenario, size, *medians))
+                    log(
+                        f"claim of {args.batch}, {size:,} {scenario} rows: {medians[0]:.1f} ms, continuing a pass "
+                        f"{medians[1]:.1f} ms (before this change: {medians[2]:.1f} ms)"
+                    )
+                    if size == max(args.claim_size_list):
+                        plans[f"{size:,} {scenario} rows"] = explain_claim(self.engine, args.batch)
+                        if scenario == "sent":
+                            plans[f"{size:,} sent rows, continuing a pass"] = explain_claim(
+                                self.engine, args.batch, after_id=mark
+                            )
+        finally:
+            close_app(app)
+            with self.engine.begin() as conn:
+                conn.execute(text(f"TRUNCATE {PENDING}"))
+        self.results["claim"] = (table, plans)
+
+
+def legacy_claim(engine: Engine, limit: int) -> str:
+    """The claim before this change, for comparison; returns its token.
+
+    SELECT ids FOR UPDATE SKIP LOCKED; UPDATE by ids; SELECT the rows by claim token (ORM).
+    """
+    from sqlalchemy import select, update
+
+    from celery_reliable.store.models import PendingMessage, PendingStatus, utcnow
+    from celery_reliable.store.pending import _due
+
+    token = str(uuid.uuid4())
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        chosen = select(PendingMessage.id).where(_due(now)).order_by(PendingMessage.id).limit(limit)
+        locked = list(session.execute(chosen.with_for_update(skip_locked=True)).scalars())
+        session.execute(
+            update(PendingMessage)
+            .where(PendingMessage.id.in_(locked))
+            .values(status=PendingStatus.CLAIMED, claim_token=token, lease_expires_at=now + timedelta(seconds=60))
+            .execution_options(synchronize_session=False)
+        )
+        list(session.execute(select(PendingMessage).where(PendingMessage.claim_token == token)).scalars())
+    return token
+
+
+def legacy_release(engine: Engine, token: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f"UPDATE {PENDING} SET status = 'pending', claim_token = NULL, lease_expires_at = NULL "
+                "WHERE claim_token = :t"
+            ),
+            {"t": token},
+        )
+
+
+def explain_claim(engine: Engine, limit: int, after_id: int | None = None) -> list[str]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the relay's claim statement, rolled back."""
+    from sqlalchemy.dialects import postgresql
+
+    from celery_reliable.store import pending
+    from celery_reliable.store.models import utcnow
+
+    now = utcnow()
+    if not hasattr(pending, "postgres_claim"):
+        return ["(this version of celery_reliable has no single-statement claim)"]
+    chosen = pending.claim_query(now, limit, None, after_id)
+    statement = pending.postgres_claim(chosen, pending.lease_values("explain", now, 60))
+    sql = str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            plan = [str(row[0]) for row in conn.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql))]
+        finally:
+            transaction.rollback()
+    return [" ".join(sql.split()), "", *plan]
+
+
+class Waiter(threading.Thread):
+    """A consumer thread: BRPOPs the queue's Redis list and notes when each task id arrived."""
+
+    def __init__(self, url: str, key: str, deadline: float) -> None:
+        super().__init__(daemon=True, name="bench-waiter")
+        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self.key = key
+        self.deadline = deadline
+        self.arrived: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self.stopping = False
+
+    def run(self) -> None:
+        while not self.stopping and time.monotonic() < self.deadline:
+            item = self.client.brpop([self.key], timeout=1)
+            if item is None:
+                continue
+            now = time.perf_counter()
+            task_id = json.loads(item[1])["headers"]["id"]
+            with self.cond:
+                self.arrived[task_id] = now
+                self.cond.notify_all()
+
+    def wait(self, task_id: str, timeout: float) -> float:
+        with self.cond:
+            if not self.cond.wait_for(lambda: task_id in self.arrived, timeout=timeout):
+                raise TimeoutError(f"message {task_id} did not arrive in Redis within {timeout}s")
+            return self.arrived.pop(task_id)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.join(timeout=5)
+        self.client.close()
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**MISSED**"
+
+
+def report(bench: Bench, command: str) -> str:
+    args, res = bench.args, bench.results
+    summary: list[str] = []
+    details: list[str] = []
+    if "relay_redis" in res:
+        relay, plain = (median_run(runs) for runs in res["relay_redis"])
+        ratio = relay.rate / plain.rate
+        ok = relay.rate >= TARGET_RELAY_RATE and ratio >= TARGET_RELAY_REDIS_RATIO
+        summary.append(
+            f"| (1) relay drain PostgreSQL → Redis, N = {relay.count:,} | {relay.rate:,.0f} msg/s "
+            f"| `apply_async` loop: {plain.rate:,.0f} msg/s | **{ratio:.1f}x** "
+            f"| ≥ {TARGET_RELAY_RATE:,.0f} msg/s and ≥ {TARGET_RELAY_REDIS_RATIO:.0f}x | {verdict(ok)} |"
+        )
+        details += drain_table("Relay drain, PostgreSQL → Redis", res["relay_redis"], "redis-server")
+    if "relay_amqp" in res:
+        relay, plain = (median_run(runs) for runs in res["relay_amqp"])
+        ratio = relay.rate / plain.rate
+        summary.append(
+            f"| (2) relay drain PostgreSQL → RabbitMQ, confirms, N = {relay.count:,} | {relay.rate:,.0f} msg/s "
+            f"| `apply_async` loop with `confirm_publish`: {plain.rate:,.0f} msg/s | **{ratio:.1f}x** "
+            f"| ≥ {TARGET_RELAY_AMQP_RATIO:.0f}x | {verdict(ratio >= TARGET_RELAY_AMQP_RATIO)} |"
+        )
+        details += drain_table("Relay drain, PostgreSQL → RabbitMQ (publisher confirms)", res["relay_amqp"], "")
+    for kind, label in (("redis", "Redis"), ("amqp", "RabbitMQ")):
+        key = f"single_{kind}"
+        if key not in res:
+            continue
+        us = {variant: statistics.median(values) for variant, values in res[key].items()}
+        base = "apply_async_confirm" if kind == "amqp" else "apply_async"
+        over = us["publish"] / us[base] - 1
+        name = "`apply_async` with `confirm_publish`" if kind == "amqp" else "`apply_async`"
+        summary.append(
+            f"| (3) `publish()` on a healthy {label}, per message | {us['publish']:.0f} µs "
+            f"| {name}: {us[base]:.0f} µs | **{over:+.0%}** | ≤ +{TARGET_PUBLISH_OVERHEAD:.0%} "
+            f"| {verdict(over <= TARGET_PUBLISH_OVERHEAD)} |"
+        )
+        if kind == "amqp":
+            summary.append(
+                f"| (3) `publish()` on RabbitMQ (confirmed) vs unconfirmed `apply_async` | {us['publish']:.0f} µs "
+                f"| `apply_async`, no confirms: {us['apply_async']:.0f} µs "
+                f"| {us['publish'] / us['apply_async'] - 1:+.0%} | (reference) | |"
+            )
+        details += [
+            "",
+            f"### `publish()` against `apply_async`, {label}: µs per message",
+            "",
+            f"{args.n_single:,} messages per variant and run, in interleaved blocks of {args.block}; "
+            "median of the runs.",
+            "",
+            "| variant | µs per message (median) | runs |",
+            "|---|---:|---|",
+        ]
+        for variant, values in res[key].items():
+            details.append(f"| {variant} | {statistics.median(values):.0f} | {', '.join(f'{v:.0f}' for v in values)} |")
+    if "outbox" in res:
+        out = res["outbox"]
+        p50, p99 = pct(out["outbox"]["latency"], 0.5), pct(out["outbox"]["latency"], 0.99)
+        base50, base99 = pct(out["plain"]["latency"], 0.5), pct(out["plain"]["latency"], 0.99)
+        summary.append(
+            f"| (4) outbox: `commit()` → message in Redis, N = {args.n_outbox} | p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+            f"| commit, then `apply_async`: p50 {base50:.2f} ms, p99 {base99:.2f} ms | {p50 / base50:.1f}x "
+            f"| p50 ≤ {TARGET_OUTBOX_P50_MS:.0f} ms | {verdict(p50 <= TARGET_OUTBOX_P50_MS)} |"
+        )
+        details += [
+            "",
+            "### Outbox latency (ms)",
+            "",
+            "From the start of `session.commit()` to the message popped from the Redis list by a consumer "
+            "thread (BRPOP); each transaction inserts one business row and stages one message; "
+            f"{args.n_outbox} messages after 20 warm-up ones. `commit()` returns after the post-commit "
+            "send (claim, publish, mark sent).",
+            "",
+            "| variant | latency p50 | p90 | p99 | max | `commit()` call p50 | p99 |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for variant, label in (("outbox", "outbox (post-commit fast path)"), ("plain", "commit, then `apply_async`")):
+            lat, com = out[variant]["latency"], out[variant]["commit"]
+            details.append(
+                f"| {label} | {pct(lat, 0.5):.2f} | {pct(lat, 0.9):.2f} | {pct(lat, 0.99):.2f} | {max(lat):.2f} "
+                f"| {pct(com, 0.5):.2f} | {pct(com, 0.99):.2f} |"
+            )
+    if "claim" in res:
+        table, plans = res["claim"]
+        details += [
+            "",
+            f"### Claim cost against the pending table size (claim of {args.batch} rows)",
+            "",
+            f"Median of {args.claim_repeats} claims (each released again). *due*: every row is due; "
+            "*sent*: that many sent rows (kept for `reliable_pending_retention`, 24 h by default) "
+            "and 2,000 due rows. *claim*: the first claim of a relay pass (the due rows with the "
+            "lowest ids); *continuing a pass*: a later claim of the same pass, above the last id of "
+            "the batch before (here: above the sent rows). *before*: the claim this change replaced "
+            "(SELECT ... FOR UPDATE SKIP LOCKED, UPDATE by ids, ORM SELECT by claim token: no index "
+            "on the token, so a scan of the table).",
+            "",
+            "| rows in the table | claim (ms) | continuing a pass (ms) | before this change (ms) |",
+            "|---|---:|---:|---:|",
+        ]
+        for scenario, size, ms, after_ms, legacy_ms in table:
+            what = f"{size:,} due" if scenario == "due" else f"{size:,} sent + 2,000 due"
+            details.append(f"| {what} | {ms:.1f} | {after_ms:.1f} | {legacy_ms:.1f} |")
+        for scenario, plan in plans.items():
+            title = f"EXPLAIN (ANALYZE, BUFFERS) of the claim, {scenario}:"
+            details += ["", title, "", "```", *plan, "```"]
+    lines = [
+        "# Publishing benchmark: celery_reliable against plain Celery",
+        "",
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} on commit {bench.code}: `{command}`",
+        "",
+        *environment(bench.redis.client, bench.store),
+        f"- RabbitMQ at {args.amqp.rsplit('@', 1)[-1]}" if bench.amqp else "- RabbitMQ: skipped",
+        f"- load average (1, 5, 15 min) at start {bench.load_start}, at end {loadavg()}",
+        f"- {args.runs} runs per measurement, the median run shown; relay batch size {args.batch}",
+        "",
+        "## Summary",
+        "",
+        "| measurement | celery_reliable | plain Celery | ratio | target | |",
+        "|---|---|---|---:|---|---|",
+        *summary,
+        "",
+        "## Details",
+        *details,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def drain_table(title: str, runs: tuple[list[Rate], list[Rate]], broker_name: str) -> list[str]:
+    relay_runs, plain_runs = runs
+    lines = [
+        "",
+        f"### {title}",
+        "",
+        "Rows inserted in bulk first (as `publish()` stores them), then `relay_once` timed until all are "
+        "sent; the baseline sends the same messages with `apply_async` one by one. CPU: this process; "
+        "PostgreSQL backends of the benchmark database" + (f"; {broker_name}" if broker_name else "") + ".",
+        "",
+        "| variant | msg/s (median run) | runs (msg/s) | client CPU µs/msg | PostgreSQL CPU µs/msg"
+        + (f" | {broker_name} CPU µs/msg |" if broker_name else " |"),
+        "|---|---:|---|---:|---:|" + ("---:|" if broker_name else ""),
+    ]
+    for label, rs in (("relay_once", relay_runs), ("apply_async loop", plain_runs)):
+        m = median_run(rs)
+        row = (
+            f"| {label} | {m.rate:,.0f} | {', '.join(f'{r.rate:,.0f}' for r in rs)} | {m.per_msg_us(m.cpu):.0f} "
+            f"| {m.per_msg_us(m.pg_cpu):.0f} |"
+        )
+        if broker_name:
+            row += f" {m.per_msg_us(m.broker_cpu):.0f} |"
+        lines.append(row)
+    return lines
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20000, help="messages of the Redis relay drain (default 20000)")
+    parser.add_argument("--n-amqp", type=int, default=10000, help="messages of the RabbitMQ relay drain")
+    parser.add_argument("--n-single", type=int, default=2000, help="messages per variant of publish() vs apply_async")
+    parser.add_argument("--n-outbox", type=int, default=500, help="outbox messages timed")
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median reported)")
+    parser.add_argument("--batch", type=int, default=500, help="relay batch size")
+    parser.add_argument("--block", type=int, default=250, help="interleaving block of the single-message loops")
+    parser.add_argument("--claim-sizes", default="1000,10000,100000", help="pending table sizes; empty: skip")
+    parser.add_argument("--claim-repeats", type=int, default=7)
+    parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument("--sections", default="redis,amqp,single,outbox,claim")
+    parser.add_argument(
+        "--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        help="an existing database on the server; a new one is created next to it and dropped",
+    )  # fmt: skip
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server URL")
+    parser.add_argument("--redis-db", type=int, default=13, help="Redis database number")
+    parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//", help="RabbitMQ URL")
+    parser.add_argument("--output", default=str(RESULTS / "publish.md"))
+    args = parser.parse_args(argv)
+    for url in (args.redis, args.pg_url, args.amqp):
+        if "127.0.0.1" not in url and "localhost" not in url:
+            parser.error(f"{url}: only servers on 127.0.0.1 are used")
+    args.claim_size_list = [int(s) for s in args.claim_sizes.split(",") if s.strip()]
+    args.section_list = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(args.section_list) - {"redis", "amqp", "single", "outbox", "claim"}
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = " ".join(["python -m bench.bench_publish", *(sys.argv[1:] if argv is None else argv)])
+    broker = f"{args.redis.rstrip('/')}/{args.redis_db}"
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"reliable-bench-pub-{tag}:"
+    queue = f"reliable-bench-pub-{tag}"
+    client = redis.Redis.from_url(broker, socket_timeout=10, socket_connect_timeout=5)
+    client.ping()
+    store = Store("postgres", args.pg_url)
+    use_amqp = "amqp" in args.section_list or "single" in args.section_list
+    amqp = AmqpSide(args.amqp, queue) if use_amqp else None
+    engine: Engine | None = None
+    try:
+        store.create()
+        engine = create_engine(store.url, pool_size=2)
+        bench = Bench(args, store, engine, RedisSide(broker, prefix, client), amqp, queue)
+        log(f"database {store.name}, Redis {broker} (keys {prefix}*), RabbitMQ queue {queue if amqp else '-'}")
+        if "redis" in args.section_list:
+            bench.relay_section("redis")
+        if "amqp" in args.section_list:
+            bench.relay_section("amqp")
+        if "single" in args.section_list:
+            bench.single_section("redis")
+            bench.single_section("amqp")
+        if "outbox" in args.section_list:
+            bench.outbox_section()
+        if "claim" in args.section_list and args.claim_size_list:
+            bench.claim_section()
+        text_md = report(bench, command)
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text_md)
+        print(text_md)
+        log(f"written to {output}")
+    finally:
+        if engine is not None:
+            engine.dispose()
+        if amqp is not None:
+            try:
+                amqp.delete()
+                log(f"deleted RabbitMQ queue and exchange {queue}")
+            except Exception as exc:
+                log(f"could not delete RabbitMQ queue {queue}: {exc!r}")
+        deleted = delete_keys(client, prefix)
+        log(f"deleted {deleted} Redis keys under {prefix}")
+        store.drop()
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
