@@ -8,6 +8,7 @@ parent's sockets (``dispose(close=False)``).
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import weakref
 from dataclasses import dataclass
@@ -46,9 +47,16 @@ def _make_engine(url: str, **options: Any) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
+            try:
+                cursor.execute("PRAGMA busy_timeout=30000")
+                try:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.OperationalError:
+                    # Another process holds the write lock; WAL is a property of the file and
+                    # that process (or the next connection) sets it.
+                    pass
+            finally:
+                cursor.close()
 
         return engine
     return create_engine(url, **{"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, **options})
