@@ -57,6 +57,22 @@ def session_scope(app: Celery) -> Iterator[Session]:
         ) from exc
 
 
+def delete_in_batches(app: Celery, key: Any, *conditions: Any, batch: int = 5000) -> int:
+    """Delete the rows of ``key``'s table matching ``conditions``, ``batch`` at a time.
+
+    Short transactions keep locks brief on a large table; returns how many rows went.
+    """
+    total = 0
+    for _ in range(10_000):
+        with session_scope(app) as session:
+            ids = list(session.execute(select(key).where(*conditions).limit(batch)).scalars())
+            if not ids:
+                break
+            session.execute(delete(key.class_).where(key.in_(ids)))
+            total += len(ids)
+    return total
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
 

@@ -25,7 +25,6 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
-    delete,
     func,
     insert,
     or_,
@@ -38,7 +37,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
-from .failures import session_scope
+from .failures import delete_in_batches, session_scope
 from .models import PendingMessage, PendingStatus, utcnow
 
 
@@ -342,21 +341,10 @@ def mark_failed(
 def purge_sent(app: Celery, older_than: float, batch: int = 5000) -> int:
     """Delete sent rows older than ``older_than`` seconds, in batches."""
     cutoff = utcnow() - timedelta(seconds=older_than)
-    total = 0
-    for _ in range(10_000):
-        with session_scope(app) as session:
-            ids = list(
-                session.execute(
-                    select(PendingMessage.id)
-                    .where(PendingMessage.status == PendingStatus.SENT, PendingMessage.sent_at < cutoff)
-                    .limit(batch)
-                ).scalars()
-            )
-            if not ids:
-                break
-            session.execute(delete(PendingMessage).where(PendingMessage.id.in_(ids)))
-            total += len(ids)
-    return total
+    return delete_in_batches(
+        app, PendingMessage.id, PendingMessage.status == PendingStatus.SENT, PendingMessage.sent_at < cutoff,
+        batch=batch,
+    )  # fmt: skip
 
 
 def count_by_status(app: Celery) -> dict[str, int]:

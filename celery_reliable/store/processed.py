@@ -10,13 +10,13 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..exceptions import StoreError
 from .engine import get_autocommit_engine, safe_url
-from .failures import session_scope
+from .failures import delete_in_batches
 from .models import ProcessedTask, utcnow
 
 _TABLE = ProcessedTask.__tablename__
@@ -96,16 +96,4 @@ def mark_processed(app: Celery, task_id: str, task_name: str) -> bool:
 def purge_processed(app: Celery, older_than: float, batch: int = 5000) -> int:
     """Delete processed ids completed more than ``older_than`` seconds ago, in batches."""
     cutoff = utcnow() - timedelta(seconds=older_than)
-    total = 0
-    for _ in range(10_000):
-        with session_scope(app) as session:
-            ids = list(
-                session.execute(
-                    select(ProcessedTask.task_id).where(ProcessedTask.completed_at < cutoff).limit(batch)
-                ).scalars()
-            )
-            if not ids:
-                break
-            session.execute(delete(ProcessedTask).where(ProcessedTask.task_id.in_(ids)))
-            total += len(ids)
-    return total
+    return delete_in_batches(app, ProcessedTask.task_id, ProcessedTask.completed_at < cutoff, batch=batch)
