@@ -33,6 +33,9 @@ class Outbox:
     def __init__(self, app: Celery, target: Session | Connection) -> None:
         self.app = app
         self.target = target
+        #: pending-row ids staged through this outbox (for :func:`publish_staged` after a
+        #: Connection's commit)
+        self.row_ids: list[int] = []
 
     def send(self, task: str | Any, args: Any = None, kwargs: Any = None, **options: Any) -> str:
         """Stage task ``task`` (a name or a task); returns its task id (fixed now, kept on resend).
@@ -44,6 +47,7 @@ class Outbox:
         values = prepare(self.app, name, args, kwargs, options)
         grace = get_settings(self.app).outbox_grace
         ids = add_pending(self.target, [values], source="outbox", delay=grace)
+        self.row_ids.extend(ids)
         if isinstance(self.target, Session):
             self._after_commit(self.target, ids)
         return values.task_id
@@ -73,8 +77,8 @@ def outbox(target: Session | Connection, app: Celery | None = None) -> Outbox:
     """The outbox of ``target``'s current transaction.
 
     With a ``Session`` the messages are published right after its commit. With a ``Connection``
-    call :func:`publish_staged` with the ids yourself after the commit, or let the relay send
-    them after ``reliable_outbox_grace`` seconds.
+    call ``publish_staged(app, box.row_ids)`` after the commit, or let the relay send them after
+    ``reliable_outbox_grace`` seconds.
     """
     if app is None:
         from celery._state import get_current_app

@@ -233,9 +233,10 @@ def test_commit_while_broker_is_down_keeps_the_rows_for_the_relay(
         # With a Connection the caller publishes after its own commit
         live = apps(redis_url, db, queue)
         with engine.begin() as conn:
-            conn_task_id = outbox(conn, live).send("t.ok", ["outbox-connection"])
-        # (send() returns the task id; publish_staged() wants row ids, looked up here by task id)
-        (row_id,) = [r.id for r in pending_rows(db) if r.task_id == conn_task_id]
+            box = outbox(conn, live)
+            conn_task_id = box.send("t.ok", ["outbox-connection"])
+        (row_id,) = box.row_ids
+        assert [r.task_id for r in pending_rows(db) if r.id == row_id] == [conn_task_id]
         assert publish_staged(live, [row_id]) == 1
         assert publish_staged(live, [row_id]) == 0  # already sent: not again
         assert queued_ids(redis_url, queue) == [conn_task_id]
