@@ -50,11 +50,15 @@ def session_scope(app: Celery) -> Iterator[Session]:
     except SQLAlchemyError as exc:
         from ..config import get_settings
 
-        url = safe_url(get_settings(app).database_url)
-        raise StoreError(
-            f"celery_reliable database {url} failed: {type(exc).__name__}: {_first_line(exc)}. "
-            "Check that it is reachable and migrated (celery -A proj reliable db upgrade)."
-        ) from exc
+        raise store_error(get_settings(app).database_url, exc) from exc
+
+
+def store_error(url: str, exc: BaseException) -> StoreError:
+    """The error for a failed database operation: the sanitised URL, the cause, the fix."""
+    return StoreError(
+        f"celery_reliable database {safe_url(url)} failed: {type(exc).__name__}: {_first_line(exc)}. "
+        "Check that it is reachable and migrated (celery -A proj reliable db upgrade)."
+    )
 
 
 def delete_in_batches(app: Celery, key: Any, *conditions: Any, batch: int = 5000) -> int:

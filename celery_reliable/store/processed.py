@@ -14,9 +14,8 @@ from sqlalchemy import Connection, insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ..exceptions import StoreError
-from .engine import get_autocommit_engine, safe_url
-from .failures import delete_in_batches
+from .engine import get_autocommit_engine
+from .failures import delete_in_batches, store_error
 from .models import ProcessedTask, utcnow
 
 _TABLE = ProcessedTask.__tablename__
@@ -52,12 +51,9 @@ def _raw(app: Celery, sql: str, params: tuple[Any, ...], fetch: bool) -> bool:
             if attempt == 1 and dialect.is_disconnect(exc, conn.dbapi_connection, None):
                 conn.invalidate(exc)
                 continue
-            raise StoreError(
-                f"celery_reliable database {safe_url(str(engine.url))} failed: "
-                f"{type(exc).__name__}: {str(exc).strip()[:300]}"
-            ) from exc
+            raise store_error(str(engine.url), exc) from exc
         except SQLAlchemyError as exc:  # e.g. the pool could not connect
-            raise StoreError(f"celery_reliable database failed: {type(exc).__name__}: {exc}") from exc
+            raise store_error(str(engine.url), exc) from exc
         finally:
             conn.close()
     raise AssertionError("unreachable")

@@ -167,6 +167,17 @@ def _decode_body(raw: bytes | str, encoding: str | None) -> Any:
     return json.loads(data)
 
 
+def _redis_list(broker_url: str, queue: str) -> list[bytes]:
+    """The raw messages of a Redis queue, oldest first (LPUSH puts the newest first); none consumed."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_connect_timeout=3)
+    try:
+        return list(reversed(client.lrange(queue, 0, -1)))
+    finally:
+        client.close()
+
+
 def queued_messages(broker_url: str, queue: str, limit: int = 20_000) -> list[dict[str, Any]]:
     """Messages waiting in ``queue`` as {'headers', 'args', 'kwargs', 'embed'}, oldest first.
 
@@ -175,14 +186,7 @@ def queued_messages(broker_url: str, queue: str, limit: int = 20_000) -> list[di
     """
     result: list[dict[str, Any]] = []
     if is_redis(broker_url):
-        import redis
-
-        client = redis.Redis.from_url(broker_url, socket_connect_timeout=3)
-        try:
-            raws = client.lrange(queue, 0, -1)
-        finally:
-            client.close()
-        for raw in reversed(raws):  # LPUSH: the newest is first
+        for raw in _redis_list(broker_url, queue):
             message = json.loads(raw)
             encoding = message.get("properties", {}).get("body_encoding")
             args, kwargs, embed = _decode_body(message["body"], encoding)
@@ -630,14 +634,7 @@ def test_threads_publishing_at_once(broker_url: str, sqlite_db: str, queue: str,
 def _raw_messages(broker_url: str, queue: str) -> list[dict[str, Any]]:
     """The messages of ``queue`` as the broker holds them (delivery tags left out)."""
     if is_redis(broker_url):
-        import redis
-
-        client = redis.Redis.from_url(broker_url, socket_connect_timeout=3)
-        try:
-            raws = client.lrange(queue, 0, -1)
-        finally:
-            client.close()
-        messages = [json.loads(raw) for raw in reversed(raws)]
+        messages = [json.loads(raw) for raw in _redis_list(broker_url, queue)]
         for message in messages:
             message["properties"].pop("delivery_tag", None)
         return messages
