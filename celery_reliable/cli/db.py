@@ -1,19 +1,13 @@
-"""``celery -A proj reliable ...``: operate celery_reliable from the command line."""
+"""``reliable db upgrade|current``: Alembic migrations of the reliability tables."""
 
 from __future__ import annotations
 
 import click
-from celery.bin.base import CeleryCommand, handle_preload_options
+from celery.bin.base import CeleryCommand
 
-from .exceptions import ReliableError
-from .migrate import current_revision, head_revision, upgrade
-
-
-@click.group(name="reliable")
-@click.pass_context
-@handle_preload_options
-def reliable(ctx: click.Context) -> None:
-    """celery_reliable: failed tasks, migrations and checks."""
+from ..exceptions import ReliableError
+from ..migrate import current_revision, head_revision, upgrade
+from .base import reliable
 
 
 @reliable.group()
