@@ -92,7 +92,7 @@ def test_optional_setting_accepts_none() -> None:
 
 def test_every_setting_is_documented() -> None:
     # The reference table in the docs is generated from the settings definition and kept in sync:
-    #   python -c "from celery_reliable.config import settings_table; print(settings_table())"
+    #   ./scripts/config-docs
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert settings_table() in doc, "docs/configuration.md is out of date: regenerate the table"
     for name, field in FIELDS.items():
