@@ -90,3 +90,9 @@ ensure_mariadb() {
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || die "MariaDB did not start"
   _wait_port 3306 MariaDB 60
 }
+
+ensure_chromium() {  # headless browser tests of the Flower page
+  if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then return 0; fi
+  _apt_install chromium chromium-driver
+  command -v chromedriver >/dev/null || die "chromedriver not found after installing chromium-driver"
+}
