@@ -29,6 +29,10 @@ def _doc(text: str) -> dict[str, str]:
     return {"doc": text}
 
 
+#: Task names or fnmatch patterns (``billing.*``).
+TaskPatterns = tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class ReliableSettings:
     """All celery_reliable settings; the Celery key of field ``x`` is ``reliable_x``."""
@@ -125,8 +129,15 @@ class ReliableSettings:
     publish_all: bool = field(
         default=False,
         metadata=_doc(
-            "Send every ReliableTask apply_async()/delay() through publish(): retried, confirmed, "
-            "kept in the pending table when the broker is unreachable."
+            "Send every ReliableTask apply_async()/delay() (and, on a ReliableCelery app, send_task()) "
+            "through publish(): retried, confirmed, kept in the pending table when the broker is unreachable."
+        ),
+    )
+    external_tasks: TaskPatterns = field(
+        default=(),
+        metadata=_doc(
+            "Names (fnmatch patterns such as 'billing.*') of tasks run by other code bases: publish(), the "
+            "relay and replay accept them although this app does not register them (send_task by name)."
         ),
     )
     relay_interval: float | None = field(
@@ -234,6 +245,7 @@ _TYPE_NAMES = {
     "float | None": "a number or None",
     "bool": "True or False",
     "tuple[str, ...]": "a list of dotted exception names",
+    "TaskPatterns": "a list of task names or fnmatch patterns",
     "Mapping[str, Mapping[str, float]]": "a mapping of dotted exception name to policy",
 }
 
@@ -264,6 +276,13 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str):
             value = (value,)
         ok = isinstance(value, list | tuple) and all(isinstance(v, str) and re.fullmatch(r"[\w.]+", v) for v in value)
+        if ok:
+            value = tuple(value)
+    elif kind == "TaskPatterns":
+        if isinstance(value, str):
+            value = (value,)
+        pattern = r"[\w.*?\[\]!:-]+"
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) and re.fullmatch(pattern, v) for v in value)
         if ok:
             value = tuple(value)
     else:  # mapping

@@ -42,6 +42,10 @@ class BadMessageError(PublishError):
     """A message refused before anything was sent or stored: the arguments or options are wrong."""
 
 
+class NotJSONArgumentsError(BadMessageError):
+    """The arguments are not JSON, so they cannot be kept in the pending table (e.g. a pickle app)."""
+
+
 class PermanentError(ReliableError):
     """Raise from a task when retrying cannot help: the failure is stored at once.
 

@@ -9,6 +9,7 @@ write fails too does the caller get an error.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import logging
 import random
@@ -31,7 +32,7 @@ from kombu.common import Broadcast
 from kombu.exceptions import EncodeError
 
 from .config import get_settings
-from .exceptions import BadMessageError, PublishError, StoreError
+from .exceptions import BadMessageError, NotJSONArgumentsError, PublishError, StoreError
 from .install import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme
 from .store.models import PendingStatus
 from .store.payload import NotJSONError, from_stored, to_stored
@@ -104,6 +105,18 @@ def user_tasks(app: Celery) -> list[str]:
     return [n for n in app.tasks if not n.startswith(("celery.", "celery_reliable."))]
 
 
+def is_known_task(app: Celery, name: str) -> bool:
+    """Whether ``app`` may send ``name``: it registers it, it registers no task of its own (a pure
+    producer), or ``name`` matches ``reliable_external_tasks``. Catches typos before a message
+    nobody consumes is sent."""
+    return name in app.tasks or is_external(app, name) or not user_tasks(app)
+
+
+def is_external(app: Celery, name: str) -> bool:
+    """Whether ``name`` matches ``reliable_external_tasks`` (a task another code base runs)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in get_settings(app).external_tasks)
+
+
 def check_delivery_options(name: str, options: Any) -> None:
     """Refuse delivery options no broker would accept (also run on stored rows by the relay)."""
     if not isinstance(options, dict):
@@ -150,13 +163,15 @@ def prepare(
         )
     if not isinstance(name, str) or not name:
         raise BadMessageError(f"publish(): task name must be a non-empty string, got {name!r}")
-    known = user_tasks(app)
-    if known and name not in app.tasks:
+    if not is_known_task(app, name):
         import difflib
 
-        near = difflib.get_close_matches(name, known, n=1)
+        near = difflib.get_close_matches(name, user_tasks(app), n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise BadMessageError(f"publish(): task {name!r} is not registered in app {app.main!r}.{hint}")
+        raise BadMessageError(
+            f"publish(): task {name!r} is not registered in app {app.main!r}.{hint} If it is a task of "
+            "another code base, add its name (or a pattern) to reliable_external_tasks."
+        )
     args = list(args or ())
     kwargs = dict(kwargs or {})
     headers = options.pop("headers", None) or {}
@@ -164,7 +179,7 @@ def prepare(
     try:
         stored_args, stored_kwargs, stored_headers = to_stored([args, kwargs, headers])
     except NotJSONError as exc:
-        raise BadMessageError(
+        raise NotJSONArgumentsError(
             f"publish() of {name!r}: arguments {exc}; pass JSON-serializable values (ids rather than objects)."
         ) from None
     now = datetime.now(timezone.utc)

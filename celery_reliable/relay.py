@@ -24,9 +24,9 @@ from .publisher import (
     decoded,
     get_publisher,
     is_bad_input,
+    is_known_task,
     reset_publisher,
     send_options,
-    user_tasks,
 )
 from .store.models import PendingStatus, utcnow
 from .store.pending import PendingRow, claim_rows, mark_failed, mark_sent, mark_status, release
@@ -56,8 +56,8 @@ class RelayStats:
         self.errors.extend(other.errors)
 
 
-def _decode(app: Celery, row: PendingRow, known: list[str]) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-    if known and row.task_name not in app.tasks:
+def _decode(app: Celery, row: PendingRow) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    if not is_known_task(app, row.task_name):
         raise ValueError(f"task {row.task_name!r} is not registered in app {app.main!r}")
     check_delivery_options(row.task_name, row.options if row.options is not None else {})
     args = decoded(row.args) if row.args is not None else []
@@ -72,7 +72,6 @@ def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats
     settings = get_settings(app)
     stats = RelayStats(claimed=len(rows))
     now = utcnow()
-    known = user_tasks(app)
     ready: list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]] = []
     expired: list[int] = []
     invalid: list[tuple[int, str]] = []
@@ -81,7 +80,7 @@ def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats
             expired.append(row.id)
             continue
         try:
-            ready.append((row, *_decode(app, row, known)))
+            ready.append((row, *_decode(app, row)))
         except Exception as exc:
             invalid.append((row.id, f"{type(exc).__name__}: {exc}"))
     stats.expired = mark_status(app, token, expired, PendingStatus.EXPIRED, "expires passed before it was sent")

@@ -17,6 +17,7 @@ from celery.canvas import Signature
 
 from . import events
 from .exceptions import ReplayError
+from .publisher import is_external
 from .store.failures import (
     FailureFilter,
     claim_for_replay,
@@ -54,10 +55,11 @@ def _check(app: Celery, row: FailedTask, resume: bool) -> None:
             f"failed task {row.id} is being replayed as {row.replay_task_id}; if that replay "
             "died before it finished, replay again with resume=True (same new task id)."
         )
-    if row.task_name not in app.tasks:
+    if row.task_name not in app.tasks and not is_external(app, row.task_name):
         raise ReplayError(
             f"task {row.task_name!r} of failed task {row.id} is not registered in app "
-            f"{app.main!r}; only registered tasks can be replayed (deploy the task or purge the row)."
+            f"{app.main!r}; only registered tasks and reliable_external_tasks can be replayed "
+            "(deploy the task, add it to reliable_external_tasks, or purge the row)."
         )
     if not (is_replayable(row.args) and is_replayable(row.kwargs)):
         raise ReplayError(
@@ -111,7 +113,8 @@ def replay(
     """Send failed task ``failure_id`` again and mark it replayed.
 
     Args:
-        args, kwargs: replace the stored arguments (e.g. after fixing bad input).
+        args: replace the stored positional arguments (e.g. after fixing bad input).
+        kwargs: replace the stored keyword arguments.
         queue: send to this queue instead of the original one.
         dry_run: check that the row can be replayed, send nothing.
         resume: finish a replay that died between claiming the row and sending.

@@ -3,7 +3,6 @@ before the message is acknowledged, and optionally skip task ids that already co
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import time
 from collections.abc import Mapping
@@ -18,11 +17,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import record
-from .config import get_settings
-from .exceptions import BadMessageError, StoreError
+from .exceptions import StoreError
 from .install import fit_visibility_timeout, install, retry_ceiling
-from .publisher import ALLOWED_OPTIONS, PublishResult, publish
+from .publisher import PublishResult, publish
 from .retry import RetryPolicy, decide, resolve_exceptions
+from .routing import celery_path, maybe_publish
 from .store.failures import record_failure
 from .store.processed import is_processed, mark_processed, mark_processed_in
 
@@ -65,32 +64,6 @@ def _policies(values: Mapping[Any, Any], setting: str) -> dict[type[BaseExceptio
 
 
 #: True while Task.retry() publishes the retry message: it then uses Celery's own path.
-_retrying: contextvars.ContextVar[bool] = contextvars.ContextVar("celery_reliable_retrying", default=False)
-#: Message options Celery adds on a retry that publish() can drop without changing delivery.
-_IGNORABLE = frozenset({"origin", "replaced_task_nesting", "redelivered", "group_index"})
-#: Options that make a message part of a canvas; those go through Celery's own path.
-_CANVAS = frozenset({"chord", "chain", "group_id", "producer", "connection", "router", "add_to_parent"})
-
-
-def _publishable(options: dict[str, Any]) -> dict[str, Any] | None:
-    """The options publish() can store, or None if this message must use Celery's own path."""
-    from celery.utils.time import maybe_iso8601
-
-    result: dict[str, Any] = {}
-    for key, value in options.items():
-        if value is None or key in _IGNORABLE:
-            continue
-        if key in _CANVAS or key not in ALLOWED_OPTIONS:
-            return None
-        if key in ("eta", "expires") and isinstance(value, str):
-            value = maybe_iso8601(value)
-        if key in ("link", "link_error") and not value:
-            continue
-        if key == "headers" and not value:
-            continue
-        result[key] = value
-    return result
-
 
 #: Consecutive failed attempts to store a failure in this process; each one waits longer (up to
 #: STORE_PAUSE_MAX) before the message is handed back, so a database outage is not a busy loop.
@@ -248,9 +221,9 @@ class ReliableTask(Task[Any, Any]):
         here the message goes back to the broker instead (``Reject(requeue=True)``), or stays
         unacknowledged if the broker is gone, and runs again when it is back.
         """
-        token = _retrying.set(True)
         try:
-            return super().retry(*args, **kwargs)
+            with celery_path():
+                return super().retry(*args, **kwargs)
         except Reject as rejection:
             reason = getattr(rejection, "reason", None)
             if getattr(rejection, "requeue", False) or not isinstance(reason, Exception):
@@ -260,8 +233,6 @@ class ReliableTask(Task[Any, Any]):
                 self.name, self.request.id, reason,
             )  # fmt: skip
             raise Reject(reason, requeue=True) from None
-        finally:
-            _retrying.reset(token)
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -288,19 +259,13 @@ class ReliableTask(Task[Any, Any]):
         that lost its broker needs, with no relay involved.
         """
         options.update(task_id=task_id, producer=producer, link=link, link_error=link_error, shadow=shadow)
-        if get_settings(self.app).publish_all and not _retrying.get() and not self.app.conf.task_always_eager:
-            publishable = _publishable(options)
-            if publishable is not None:
-                try:
-                    result = publish(self.app, self.name, args, kwargs, **publishable)
-                except BadMessageError as exc:
-                    # Not storable as JSON (e.g. a pickle app's arguments): Celery's own path.
-                    logger.debug("%s[%s] sent without publish(): %s", self.name, task_id, exc)
-                else:
-                    async_result = self.AsyncResult(result.task_id)
-                    async_result.reliable = result  # type: ignore[attr-defined]
-                    return async_result
-        return super().apply_async(args, kwargs, **options)
+        result = maybe_publish(self.app, self.name, args, kwargs, options)
+        if result is not None:
+            async_result = self.AsyncResult(result.task_id)
+            async_result.reliable = result  # type: ignore[attr-defined]
+            return async_result
+        with celery_path():
+            return super().apply_async(args, kwargs, **options)
 
     # -- idempotency ---------------------------------------------------------------------
 
