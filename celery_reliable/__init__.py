@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from . import maintenance as _maintenance  # registers celery_reliable.cleanup on every app
 from . import relay as _relay  # registers celery_reliable.relay on every app
+from .app import ReliableCelery
 from .config import ReliableSettings, get_settings
+from .doctor import Report as DoctorReport
+from .doctor import Result as DoctorResult
+from .doctor import Status as DoctorStatus
+from .doctor import run_checks
 from .exceptions import (
     BadMessageError,
     ImproperlyConfigured,
+    NotJSONArgumentsError,
     PermanentError,
     PublishError,
     ReliableError,
@@ -21,6 +27,7 @@ from .publisher import PublishResult, publish
 from .relay import RelayStats, relay_once
 from .replay import ReplayResult, replay, replay_many
 from .retry import RetryPolicy
+from .status import Summary, summary
 from .store.failures import FailureFilter, get_failure, list_failures, purge_failures
 from .store.models import FailedTask, FailureStatus, PendingMessage, PendingStatus, ProcessedTask
 from .store.pending import count_by_status, list_pending
@@ -35,6 +42,7 @@ __all__ = [
     "install",
     "upgrade",
     # tasks
+    "ReliableCelery",
     "ReliableTask",
     "RetryPolicy",
     # publishing
@@ -63,11 +71,19 @@ __all__ = [
     # errors
     "BadMessageError",
     "ImproperlyConfigured",
+    "NotJSONArgumentsError",
     "PermanentError",
     "PublishError",
     "ReliableError",
     "ReplayError",
     "StoreError",
+    # operations
+    "DoctorReport",
+    "DoctorResult",
+    "DoctorStatus",
+    "run_checks",
+    "Summary",
+    "summary",
 ]
 
 del _maintenance, _relay
