@@ -126,6 +126,18 @@ class ReliableSettings:
         default=5.0,
         metadata=_doc("publish(): seconds to wait for the broker to connect and (RabbitMQ) to confirm a message."),
     )
+    redis_wait_replicas: int = field(
+        default=0,
+        metadata=_doc(
+            "Redis brokers: a send counts as done only when this many replicas have the message "
+            "(Redis WAIT on the same connection); fewer in time is a failed send, retried and then kept "
+            "in the pending table. 0: do not wait."
+        ),
+    )
+    redis_wait_timeout: float = field(
+        default=1.0,
+        metadata=_doc("Seconds a send waits for reliable_redis_wait_replicas replicas to acknowledge."),
+    )
     publish_all: bool = field(
         default=False,
         metadata=_doc(
@@ -206,10 +218,13 @@ class ReliableSettings:
         for name in ("relay_batch_size", "relay_max_attempts"):
             if getattr(self, name) < 1:
                 raise _bad(name, getattr(self, name), "an integer >= 1")
+        if self.redis_wait_replicas < 0:
+            raise _bad("redis_wait_replicas", self.redis_wait_replicas, "an integer >= 0")
         if self.relay_interval is not None and self.relay_interval <= 0:
             raise _bad("relay_interval", self.relay_interval, "a number of seconds > 0, or None")
         for name in (
             "visibility_timeout", "restore_interval", "publish_timeout", "relay_time_limit", "relay_lease",
+            "redis_wait_timeout",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise _bad(name, getattr(self, name), "a number of seconds > 0")

@@ -31,6 +31,7 @@ from kombu import Queue
 from kombu.common import Broadcast
 from kombu.exceptions import EncodeError
 
+from . import redis_wire
 from .config import get_settings
 from .exceptions import BadMessageError, NotJSONArgumentsError, PublishError, StoreError
 from .install import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme
@@ -435,6 +436,17 @@ class _Context:
         return entry
 
 
+@dataclass
+class Built:
+    """A task message as ``send_task`` builds it, and the options it passes on to ``send_task_message``."""
+
+    message: Any  # celery.app.amqp.task_message: headers, properties, body, sent_event
+    opts: dict[str, Any]
+    ignore_result: bool
+    expiration: float | None  # seconds left before ``expires`` (RabbitMQ's per-message TTL)
+    eta: bool
+
+
 class Publisher:
     """A connection and producer of one app in one process, for confirmed, bounded sends."""
 
@@ -462,6 +474,10 @@ class Publisher:
         self.bound: dict[tuple[int, int], tuple[Queue, Any, Queue]] = {}
         self.confirm_producer: Any = None  # RabbitMQ: producer on a channel publishing without waiting
         self.confirms = _Confirms()
+        self._direct: bool | None = None  # Redis: write entries directly (decided on first use)
+        self.declared: set[str] = set()
+        self.wait_replicas = settings.redis_wait_replicas
+        self.wait_timeout = settings.redis_wait_timeout
 
     def context(self) -> _Context:
         """What :meth:`send` reads from the app, read once for a batch of messages."""
@@ -485,25 +501,73 @@ class Publisher:
         """
         producer = producer or self.producer
         ctx = ctx or _Context(self.app)
-        if not self.fast or ctx.always_eager or options.get("eta") is not None:
+        if producer is self.producer and self.direct_redis():
+            built = self.build(name, args, kwargs, task_id, options, ctx)
+            found = None if built is None else redis_wire.entry_of(self, name, built)
+            if built is not None and found is not None:
+                entry, queue = found
+                self.declare_once(queue)
+                with producer.connection._reraise_as_library_errors():
+                    if not built.ignore_result:
+                        ctx.on_task_call(producer, task_id)
+                    redis_wire.write(self, [entry], self.wait_replicas, self.wait_timeout)
+                self._add_trail(ctx, task_id, built.ignore_result)
+                return
+        self._send_kombu(name, args, kwargs, task_id, options, producer, ctx)
+        if self.wait_replicas and self.scheme in REDIS_SCHEMES:
+            # kombu wrote on the pool's one connection of this (locked) publisher: WAIT there
+            redis_wire.write(self, [], self.wait_replicas, self.wait_timeout)
+
+    def _send_kombu(
+        self, name: str, args: Any, kwargs: Any, task_id: str, options: dict[str, Any], producer: Any, ctx: _Context
+    ) -> None:
+        timed = options.get("eta") is not None or options.get("expires") is not None
+        built = None if timed or not self.fast else self.build(name, args, kwargs, task_id, options, ctx)
+        if built is None:  # eta/expires: send_task's own conversions
             self._send_task(name, args, kwargs, task_id, options, producer)
             return
+        opts = built.opts
+        queue = opts.get("queue")
+        if opts.get("declare") is None and isinstance(queue, Queue) and not isinstance(queue, Broadcast):
+            # What send_task_message() declares, bound to the channel once (kombu copies an
+            # unbound queue on every publish just to find it is declared already).
+            opts["declare"] = [self._bound(queue, producer)]
+        with producer.connection._reraise_as_library_errors():
+            if not built.ignore_result:
+                ctx.on_task_call(producer, task_id)
+            ctx.send_task_message(producer, name, built.message, **opts)
+        self._add_trail(ctx, task_id, built.ignore_result)
+
+    def build(
+        self, name: str, args: Any, kwargs: Any, task_id: str, options: dict[str, Any], ctx: _Context
+    ) -> Built | None:
+        """The message ``send_task`` would build (Celery 5.7, protocol 2), or None: use send_task itself.
+
+        Built with the per-message work only (``ctx``: what is the same for a batch, read once).
+        """
+        if ctx.always_eager:
+            return None
         # What Celery 5.7's send_task() does, for the options publish() accepts.
         task_type, defaults = ctx.task(name)
         opts: dict[str, Any] = {**options, "retry": False, **self.extra}
         if defaults:
             opts = dict(defaults, **opts)
-        if opts.get("expires") is not None:
-            self._send_task(name, args, kwargs, task_id, options, producer)
-            return
-        opts.pop("expires", None)
-        opts.pop("eta", None)
+        eta, expires = opts.pop("eta", None), opts.pop("expires", None)
         link, link_error = opts.pop("link", None), opts.pop("link_error", None)
         root_id, parent_id = opts.pop("root_id", None), opts.pop("parent_id", None)
         shadow, retries = opts.pop("shadow", None), opts.pop("retries", 0)
         time_limit, soft_time_limit = opts.pop("time_limit", None), opts.pop("soft_time_limit", None)
         ignore_result = opts.pop("ignore_result", None)
+        reply_to = opts.pop("reply_to", None) or ctx.reply_to
         opts = ctx.route(opts, name, args, kwargs, task_type)
+        expiration: float | None = None
+        if expires is not None:
+            if not isinstance(expires, datetime):
+                return None  # relative or text: send_task's own conversions
+            expiration = max(0.0, (_aware(expires) - _aware(self.app.now())).total_seconds())
+            opts["expiration"] = expiration
+        if eta is not None and not isinstance(eta, datetime):
+            return None
         parent = ctx.parent
         if (not root_id or not parent_id) and parent:
             if not root_id:
@@ -521,27 +585,34 @@ class Publisher:
         if "argsrepr" in opts or "kwargsrepr" in opts or "origin" in opts:
             given = {key: value for key, value in given.items() if key not in opts}
         message = ctx.create_task_message(
-            task_id, name, args, kwargs, None, None, None, None, None, retries, None,
-            maybe_list(link), maybe_list(link_error), ctx.reply_to, time_limit, soft_time_limit,
+            task_id, name, args, kwargs, None, eta, None, None, expires, retries, None,
+            maybe_list(link), maybe_list(link_error), reply_to, time_limit, soft_time_limit,
             ctx.sent_event, root_id, parent_id, shadow, None,
             ignore_result=ignore_result, replaced_task_nesting=0, **given, **opts,
         )  # fmt: skip
         if "stamped_headers" in opts:
             for stamp in opts.pop("stamped_headers") or ():
                 opts.pop(stamp)
-        queue = opts.get("queue")
-        if opts.get("declare") is None and isinstance(queue, Queue) and not isinstance(queue, Broadcast):
-            # What send_task_message() declares, bound to the channel once (kombu copies an
-            # unbound queue on every publish just to find it is declared already).
-            opts["declare"] = [self._bound(queue, producer)]
-        with producer.connection._reraise_as_library_errors():
-            if not ignore_result:
-                ctx.on_task_call(producer, task_id)
-            ctx.send_task_message(producer, name, message, **opts)
-        if parent:
+        return Built(message, opts, bool(ignore_result), expiration, eta is not None)
+
+    def direct_redis(self) -> bool:
+        """Whether messages may be written to Redis directly (see :mod:`celery_reliable.redis_wire`)."""
+        if self._direct is None:
+            self._direct = redis_wire.usable(self)
+        return self._direct and not redis_wire.signals_connected()
+
+    def declare_once(self, queue: Queue | None) -> None:
+        """Declare a queue (on Redis: its binding) the first time this publisher sends to it."""
+        if queue is None or queue.name in self.declared:
+            return
+        self.producer.maybe_declare(self._bound(queue, self.producer))
+        self.declared.add(queue.name)
+
+    def _add_trail(self, ctx: _Context, task_id: str, ignore_result: bool) -> None:
+        if ctx.parent:
             result = self.app.AsyncResult(task_id)
             result.ignored = ignore_result
-            parent.add_trail(result)
+            ctx.parent.add_trail(result)
 
     def _send_task(
         self, name: str, args: Any, kwargs: Any, task_id: str, options: dict[str, Any], producer: Any

@@ -166,15 +166,25 @@ class TestDatabase:
 class RedisServer:
     """A private redis-server on a free port with its own directory; stopped by PID."""
 
-    def __init__(self, directory: Path, persistent: bool = True, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        persistent: bool = True,
+        port: int | None = None,
+        extra: tuple[str, ...] = (),
+        password: str | None = None,
+    ) -> None:
         self.dir = directory
         self.port = port or free_port()
         self.persistent = persistent
+        self.extra = extra  # more redis-server arguments (e.g. "--maxmemory-policy", "allkeys-lru")
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -182,11 +192,12 @@ class RedisServer:
         cmd = [
             shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--save", "", *persistence, "--logfile", str(self.dir / "redis.log"),
+            *(["--requirepass", self.password] if self.password else []), *self.extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=1)
         wait_for(client.ping, 20, what=f"redis-server on {self.port}")
         client.close()
         return self

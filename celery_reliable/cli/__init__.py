@@ -6,8 +6,16 @@ Each subcommand lives in its own module and attaches itself to :data:`reliable`.
 from __future__ import annotations
 
 from . import db as _db
+from . import doctor as _doctor
+from . import failed as _failed
+from . import failed_replay as _failed_replay
+from . import pending as _pending
+from . import relay as _relay
+from . import status as _status
 from .base import reliable
 
 __all__ = ["reliable"]
 
 del _db
+del _doctor
+del _failed, _failed_replay, _pending, _relay, _status

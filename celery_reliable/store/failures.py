@@ -228,3 +228,30 @@ def describe_store(app: Celery) -> str:
     from ..config import get_settings
 
     return safe_url(get_settings(app).database_url)
+
+
+def failure_ids(app: Celery, filter: FailureFilter | None = None) -> list[int]:
+    """Ids of the selected rows, oldest first (what a bulk replay or purge works through)."""
+    query = (filter or FailureFilter()).apply(select(FailedTask.id)).order_by(FailedTask.id)
+    with session_scope(app) as session:
+        return [int(i) for i in session.execute(query).scalars()]
+
+
+def iter_failures(app: Celery, filter: FailureFilter | None = None, batch: int = 500) -> Iterator[FailedTask]:
+    """Every selected row, oldest first, read ``batch`` at a time (keyset pages: no row twice)."""
+    after = 0
+    for _ in range(10_000_000):
+        query = (filter or FailureFilter()).apply(select(FailedTask)).where(FailedTask.id > after)
+        with session_scope(app) as session:
+            rows = list(session.execute(query.order_by(FailedTask.id).limit(batch)).scalars())
+        yield from rows
+        if len(rows) < batch:
+            return
+        after = rows[-1].id
+
+
+def failure_states(app: Celery, filter: FailureFilter | None = None) -> list[tuple[int, str]]:
+    """(id, status) of the selected rows, oldest first."""
+    query = (filter or FailureFilter()).apply(select(FailedTask.id)).add_columns(FailedTask.status)
+    with session_scope(app) as session:
+        return [(int(i), str(s)) for i, s in session.execute(query.order_by(FailedTask.id))]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, MetaData, String, Text, text
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -131,6 +131,10 @@ class PendingStatus:
     NEEDS_ACTION = (DEAD, INVALID)
 
 
+_OPEN = text("status IN ('pending', 'claimed')")
+_SENT = text("status = 'sent'")
+
+
 class PendingMessage(Base):
     """A task message that is not known to be in the broker yet, stored exactly as it would be sent."""
 
@@ -156,8 +160,12 @@ class PendingMessage(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: the message as built for the broker (kombu's JSON envelope without the per-send
+    #: properties), so the relay sends it without building it again; NULL: built when sent
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
-        Index("ix_celery_reliable_pending_message_due", "status", "next_attempt_at"),
-        Index("ix_celery_reliable_pending_message_sent", "status", "sent_at"),
+        # partial where the database has them: claims walk unsent rows only
+        Index("ix_celery_reliable_pending_message_open", "id", postgresql_where=_OPEN, sqlite_where=_OPEN),
+        Index("ix_celery_reliable_pending_message_sent_at", "sent_at", postgresql_where=_SENT, sqlite_where=_SENT),
     )

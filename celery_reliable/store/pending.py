@@ -127,9 +127,13 @@ class PendingRow(Protocol):
 
 
 def _due(now: datetime) -> Any:
-    return or_(
-        and_(_T.c.status == PendingStatus.PENDING, _T.c.next_attempt_at <= now),
-        and_(_T.c.status == PendingStatus.CLAIMED, _T.c.lease_expires_at < now),
+    # The IN list matches the predicate of the partial index on open rows, so the planner uses it.
+    return and_(
+        _T.c.status.in_((PendingStatus.PENDING, PendingStatus.CLAIMED)),
+        or_(
+            and_(_T.c.status == PendingStatus.PENDING, _T.c.next_attempt_at <= now),
+            and_(_T.c.status == PendingStatus.CLAIMED, _T.c.lease_expires_at < now),
+        ),
     )
 
 
@@ -361,3 +365,68 @@ def list_pending(app: Celery, status: str | None = None, limit: int = 100) -> li
         query = query.where(PendingMessage.status == status)
     with session_scope(app) as session:
         return list(session.execute(query).scalars())
+
+
+@dataclass(frozen=True)
+class PendingFilter:
+    """Which pending rows to select; ``None`` means any."""
+
+    status: str | None = None
+    task_name: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    ids: Sequence[int] | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        if self.status is not None:
+            query = query.where(PendingMessage.status == self.status)
+        if self.task_name is not None:
+            query = query.where(PendingMessage.task_name == self.task_name)
+        if self.since is not None:
+            query = query.where(PendingMessage.created_at >= self.since)
+        if self.until is not None:
+            query = query.where(PendingMessage.created_at < self.until)
+        if self.ids is not None:
+            query = query.where(PendingMessage.id.in_(list(self.ids)))
+        return query
+
+
+def find_pending(app: Celery, filter: PendingFilter | None = None, limit: int = 100) -> list[PendingMessage]:
+    """Selected pending rows, oldest first."""
+    query = (filter or PendingFilter()).apply(select(PendingMessage)).order_by(PendingMessage.id).limit(limit)
+    with session_scope(app) as session:
+        return list(session.execute(query).scalars())
+
+
+def pending_ids(app: Celery, filter: PendingFilter | None = None) -> list[tuple[int, str]]:
+    """(id, status) of the selected rows, oldest first (what a bulk resend or drop works through)."""
+    query = (filter or PendingFilter()).apply(select(PendingMessage.id)).add_columns(PendingMessage.status)
+    with session_scope(app) as session:
+        return [(int(i), str(s)) for i, s in session.execute(query.order_by(PendingMessage.id))]
+
+
+def get_pending(app: Celery, pending_id: int) -> PendingMessage | None:
+    """One pending row by its id."""
+    with session_scope(app) as session:
+        return session.get(PendingMessage, pending_id)
+
+
+def requeue_stuck(app: Celery, ids: Sequence[int]) -> int:
+    """Make dead and invalid rows among ``ids`` due now with a fresh count of attempts."""
+    if not ids:
+        return 0
+    values = {"status": PendingStatus.PENDING, "attempts": 0, "next_attempt_at": utcnow()}
+    with session_scope(app) as session:
+        result = session.execute(
+            update(_T).where(_T.c.id.in_(list(ids)), _T.c.status.in_(PendingStatus.NEEDS_ACTION)).values(**values)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def delete_pending(app: Celery, ids: Sequence[int]) -> int:
+    """Delete the rows among ``ids`` that no relay holds (a claimed row may be on its way)."""
+    if not ids:
+        return 0
+    with session_scope(app) as session:
+        result = session.execute(_T.delete().where(_T.c.id.in_(list(ids)), _T.c.status != PendingStatus.CLAIMED))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]

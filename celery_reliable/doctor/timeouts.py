@@ -1,0 +1,96 @@
+"""Time limits and retry waits against the broker's redelivery timeout.
+
+A late-ack message held longer than the timeout (Redis ``visibility_timeout``, RabbitMQ
+``consumer_timeout``) is delivered again while the first worker still has it: the task runs twice.
+That covers long runs, retries waiting in a worker with a countdown, and eta/countdown messages.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from ..install import AMQP_SCHEMES, REDIS_SCHEMES, TIME_LIMIT_MARGIN, broker_scheme, visibility_timeout
+from .result import Result, Status
+from .tasks import TaskFacts, names
+
+
+def _timeout_words(app: Celery) -> tuple[str, str] | None:
+    """(what the timeout is called, how to raise it) for the app's broker, or None if it has none."""
+    scheme = broker_scheme(app)
+    timeout = visibility_timeout(app)
+    if timeout is None:
+        return None
+    if scheme in REDIS_SCHEMES:
+        return (
+            f"visibility timeout {timeout:g} s",
+            "app.conf.broker_transport_options = {'visibility_timeout': {seconds}} "
+            "(or leave it unset: ReliableTask raises the timeout it chose above every time_limit)",
+        )
+    if scheme in AMQP_SCHEMES:
+        return (
+            f"RabbitMQ consumer_timeout (default {timeout:g} s; the server may set another)",
+            "raise consumer_timeout in rabbitmq.conf (milliseconds), or lower the task's limit",
+        )
+    return None
+
+
+def check_time_limits(app: Celery, tasks: list[TaskFacts]) -> Result | None:
+    """A late-ack task running past the timeout is handed to a second worker."""
+    words = _timeout_words(app)
+    timeout = visibility_timeout(app)
+    if words is None or timeout is None:
+        return None
+    what, fix = words
+    late = [t for t in tasks if t.acks_late]
+    over = [t for t in late if t.time_limit is not None and t.time_limit >= timeout]
+    if over:
+        longest = max(t.time_limit or 0 for t in over)
+        return Result(
+            "tasks.time_limit",
+            Status.FAIL,
+            f"{names(over)}: time_limit up to {longest:g} s >= {what}: a run still going then is delivered "
+            "again and runs twice",
+            fix.replace("{seconds}", f"{longest + TIME_LIMIT_MARGIN:g}"),
+        )
+    close = [t for t in late if t.time_limit is not None and t.time_limit > timeout - TIME_LIMIT_MARGIN]
+    unlimited = [t for t in late if t.time_limit is None]
+    if close or unlimited:
+        parts = []
+        if close:
+            parts.append(f"{names(close)}: time_limit within {TIME_LIMIT_MARGIN:g} s of the {what}")
+        if unlimited:
+            parts.append(f"{len(unlimited)} late-ack tasks have no time_limit ({names(unlimited)})")
+        return Result(
+            "tasks.time_limit",
+            Status.WARN,
+            "; ".join(parts) + ": a run (plus its wait in the prefetch buffer) longer than the timeout runs twice",
+            f"set time_limit below {timeout - TIME_LIMIT_MARGIN:g} s (app.conf.task_time_limit, or per task), "
+            "or " + fix.replace("{seconds}", "<longest run + 60>"),
+        )
+    longest = max((t.time_limit or 0 for t in late), default=0)
+    detail = f"longest time_limit {longest:g} s < {what}" if late else "no late-ack tasks"
+    return Result("tasks.time_limit", Status.PASS, detail)
+
+
+def check_retry_delays(app: Celery, tasks: list[TaskFacts]) -> Result | None:
+    """A retry or eta waits in the worker's memory, unacknowledged, until it is due."""
+    words = _timeout_words(app)
+    timeout = visibility_timeout(app)
+    if words is None or timeout is None:
+        return None
+    what, fix = words
+    reminder = f"countdown/eta passed at call time must stay below {timeout:g} s too"
+    waits = {t.name: max(t.retry_delay or 0.0, t.default_retry_delay) for t in tasks}
+    over = [t for t in tasks if waits[t.name] >= timeout]
+    if over:
+        longest = max(waits[t.name] for t in over)
+        return Result(
+            "tasks.retry_delay",
+            Status.WARN,
+            f"{names(over)}: a retry can wait up to {longest:g} s (retry_backoff_max / default_retry_delay) "
+            f">= {what}: the waiting message is delivered again and runs twice; {reminder}",
+            f"keep retry waits below {timeout:g} s (retry_backoff_max, default_retry_delay; ReliableTask caps "
+            "its own), or " + fix.replace("{seconds}", f"{longest + TIME_LIMIT_MARGIN:g}"),
+        )
+    longest = max(waits.values(), default=0.0)
+    return Result("tasks.retry_delay", Status.PASS, f"longest retry wait {longest:g} s < {what}; {reminder}")
