@@ -107,14 +107,15 @@ def pct(values: list[float], q: float) -> float:
 
 def pending_rows(app: Celery, start: int, count: int, *, status: str = "pending") -> list[dict[str, Any]]:
     """``count`` rows as ``publish()`` would store them (``prepare`` of the same messages)."""
-    from celery_reliable.publisher import prepare
+    from celery_reliable.publisher import get_publisher, prepare, with_message
     from celery_reliable.store.models import utcnow
 
     now = utcnow()
     rows = []
+    ctx = get_publisher(app).context()
     for i in range(start, start + count):
         args, kwargs = payload(i)
-        row = prepare(app, TASK, args, kwargs, {}).row("publish_fallback", now)
+        row = with_message(app, prepare(app, TASK, args, kwargs, {}), ctx).row("publish_fallback", now)
         if status != "pending":
             row.update(status=status, sent_at=now)
         rows.append(row)

@@ -21,6 +21,7 @@ from .exceptions import (
     StoreError,
 )
 from .install import install
+from .metrics import ReliableCollector
 from .migrate import upgrade
 from .outbox import Outbox, outbox, publish_staged
 from .publisher import PublishResult, publish
@@ -84,6 +85,7 @@ __all__ = [
     "run_checks",
     "Summary",
     "summary",
+    "ReliableCollector",
 ]
 
 del _maintenance, _relay

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
 
 from .config import get_settings
-from .publisher import prepare
+from .publisher import prepare, with_message
 from .store.pending import add_pending, claim
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Outbox:
         name = task if isinstance(task, str) else task.name
         values = prepare(self.app, name, args, kwargs, options)
         grace = get_settings(self.app).outbox_grace
-        ids = add_pending(self.target, [values], source="outbox", delay=grace)
+        ids = add_pending(self.target, [with_message(self.app, values)], source="outbox", delay=grace)
         self.row_ids.extend(ids)
         if isinstance(self.target, Session):
             self._after_commit(self.target, ids)

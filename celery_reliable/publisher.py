@@ -9,6 +9,7 @@ write fails too does the caller get an error.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import inspect
 import logging
@@ -235,6 +236,27 @@ def send_options(app: Celery, values: Any) -> dict[str, Any]:
     if values.expires_at is not None:
         options["expires"] = values.expires_at
     return options
+
+
+def with_message(app: Celery, values: PendingValues, ctx: Any = None) -> PendingValues:
+    """``values`` with the message as it will be written to a Redis broker (see :mod:`.redis_wire`).
+
+    Built once, when the row is written, so the relay only sends it. Left out (NULL: the relay
+    builds the message when it sends it) for other brokers and for messages kombu must send.
+    """
+    publisher = get_publisher(app)
+    if not publisher.direct_redis():
+        return values
+    try:
+        args = decoded(values.args) if values.args is not None else []
+        kwargs = decoded(values.kwargs) if values.kwargs is not None else {}
+        entry = publisher.entry(
+            values.task_name, args, kwargs, values.task_id, send_options(app, values), ctx or publisher.context()
+        )
+    except Exception as exc:  # the relay builds it instead; never fail a write for this
+        logger.debug("message of %s[%s] not built ahead: %r", values.task_name, values.task_id, exc)
+        return values
+    return values if entry is None else dataclasses.replace(values, message=entry.stored())
 
 
 def _needs_decoding(value: Any) -> bool:
@@ -474,14 +496,22 @@ class Publisher:
         self.bound: dict[tuple[int, int], tuple[Queue, Any, Queue]] = {}
         self.confirm_producer: Any = None  # RabbitMQ: producer on a channel publishing without waiting
         self.confirms = _Confirms()
+        self.facts = redis_wire.Facts.of(app)
         self._direct: bool | None = None  # Redis: write entries directly (decided on first use)
         self.declared: set[str] = set()
         self.wait_replicas = settings.redis_wait_replicas
         self.wait_timeout = settings.redis_wait_timeout
 
-    def context(self) -> _Context:
-        """What :meth:`send` reads from the app, read once for a batch of messages."""
-        return _Context(self.app)
+    def context(self, detached: bool = False) -> _Context:
+        """What :meth:`send` reads from the app, read once for a batch of messages.
+
+        ``detached``: messages sent on behalf of another process (the relay) do not become
+        children of the task running here.
+        """
+        ctx = _Context(self.app)
+        if detached:
+            ctx.parent = None
+        return ctx
 
     def send(
         self,
@@ -506,7 +536,8 @@ class Publisher:
             found = None if built is None else redis_wire.entry_of(self, name, built)
             if built is not None and found is not None:
                 entry, queue = found
-                self.declare_once(queue)
+                with producer.connection._reraise_as_library_errors():
+                    self.declare_once(queue)
                 with producer.connection._reraise_as_library_errors():
                     if not built.ignore_result:
                         ctx.on_task_call(producer, task_id)
@@ -594,6 +625,16 @@ class Publisher:
             for stamp in opts.pop("stamped_headers") or ():
                 opts.pop(stamp)
         return Built(message, opts, bool(ignore_result), expiration, eta is not None)
+
+    def entry(
+        self, name: str, args: Any, kwargs: Any, task_id: str, options: dict[str, Any], ctx: _Context
+    ) -> redis_wire.Entry | None:
+        """The Redis list entry of a message, built without a connection; None: kombu must send it."""
+        if not self.direct_redis():
+            return None
+        built = self.build(name, args, kwargs, task_id, options, ctx)
+        found = None if built is None else redis_wire.entry_of(self, name, built)
+        return None if found is None else found[0]
 
     def direct_redis(self) -> bool:
         """Whether messages may be written to Redis directly (see :mod:`celery_reliable.redis_wire`)."""
@@ -809,7 +850,7 @@ def publish(
                 time.sleep(delay)
     error = f"{type(last_error).__name__}: {last_error}"
     try:
-        (pending_id,) = add_pending(app, [values], source="publish_fallback", error=error)
+        (pending_id,) = add_pending(app, [with_message(app, values)], source="publish_fallback", error=error)
     except StoreError as store_exc:
         raise PublishError(
             f"{name}[{values.task_id}] was neither sent ({error}) nor stored for the relay "

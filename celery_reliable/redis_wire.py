@@ -15,14 +15,17 @@ sent only once that many replicas have them.
 from __future__ import annotations
 
 import uuid
+from bisect import bisect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celery import signals
+from celery import Celery, signals
 from kombu import Queue
 from kombu.common import Broadcast
 from kombu.entity import maybe_delivery_mode
 from kombu.serialization import dumps as serialize
+from kombu.transport.redis import Channel as RedisChannel
+from kombu.transport.virtual.base import Base64
 from kombu.utils.json import dumps as json_dumps
 
 if TYPE_CHECKING:
@@ -50,6 +53,47 @@ class Entry:
     def tagged(self) -> str:
         return f'{self.text[: -len(_TAIL)]}, "delivery_tag": "{uuid.uuid4()}"{_TAIL}'
 
+    def stored(self) -> str:
+        """The form kept in the pending table's ``message`` column: the key, a newline, the envelope."""
+        return f"{self.key}\n{self.text}"
+
+    @classmethod
+    def from_stored(cls, value: str) -> Entry | None:
+        key, sep, text = value.partition("\n")
+        if not sep or not key or not text.startswith("{") or not text.endswith(_TAIL):
+            return None
+        return cls(key, text)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What kombu's Redis channel would use to store a message, read without connecting."""
+
+    sep: str
+    priority_steps: tuple[int, ...]
+    body_encoding: str | None
+    default_priority: int = 0
+    min_priority: int = 0
+    max_priority: int = 9
+
+    @classmethod
+    def of(cls, app: Celery) -> Facts:
+        options = app.conf.broker_transport_options or {}
+        return cls(
+            sep=str(options.get("sep", RedisChannel.sep)),
+            priority_steps=tuple(options.get("priority_steps", RedisChannel.priority_steps)),
+            body_encoding=options.get("body_encoding", RedisChannel.body_encoding),
+        )
+
+    def key(self, queue: str, priority: Any) -> str:
+        """kombu's ``_q_for_pri(queue, _get_message_priority(message))``."""
+        try:
+            value = max(min(int(priority), self.max_priority), self.min_priority)
+        except (TypeError, ValueError):
+            value = self.default_priority
+        step = self.priority_steps[bisect(self.priority_steps, value) - 1]
+        return f"{queue}{self.sep}{step}" if step else queue
+
 
 def signals_connected() -> bool:
     """Whether publish signal receivers expect to see (and may change) each message as it is sent."""
@@ -61,13 +105,7 @@ def usable(publisher: Publisher) -> bool:
     if publisher.scheme not in ("redis", "rediss") or not publisher.fast:
         return False
     conf = publisher.app.conf
-    channel = publisher.producer.channel
-    return (
-        not conf.task_compression
-        and not conf.task_send_sent_event
-        and getattr(channel, "body_encoding", None) == "base64"
-        and hasattr(channel, "_q_for_pri")
-    )
+    return not conf.task_compression and not conf.task_send_sent_event and publisher.facts.body_encoding == "base64"
 
 
 def entry_of(publisher: Publisher, name: str, built: Built) -> tuple[Entry, Queue | None] | None:
@@ -115,20 +153,22 @@ def entry_of(publisher: Publisher, name: str, built: Built) -> tuple[Entry, Queu
         exchange_type = getattr(getattr(queue, "exchange", None), "type", "direct")
     if not ((not exchange or not routing_key) and exchange_type == "direct"):
         return None  # routed through an exchange's bindings: kombu's path
-    channel = publisher.producer.channel
-    if channel._expires and qname in channel._expires:
-        return None
+    if isinstance(queue, Queue) and (
+        getattr(queue, "expires", None) is not None or "x-expires" in (queue.queue_arguments or {})
+    ):
+        return None  # kombu refreshes the queue's expiry with every message
     content_type, content_encoding, payload = serialize(body, serializer=serializer)
     reply_to = properties.get("reply_to")
     if isinstance(reply_to, Queue):
         properties["reply_to"] = reply_to.name
     if expiration is not None:
         properties["expiration"] = str(int(expiration * 1000))
-    properties["delivery_mode"] = maybe_delivery_mode(delivery_mode or publisher.producer.exchange.delivery_mode)
+    properties["delivery_mode"] = maybe_delivery_mode(delivery_mode)
+    facts = publisher.facts
     properties.setdefault("delivery_info", {})
-    properties.setdefault("priority", priority or channel.default_priority)
-    encoded, body_encoding = channel.encode_body(payload, channel.body_encoding)
-    properties["body_encoding"] = body_encoding
+    properties.setdefault("priority", priority or facts.default_priority)
+    encoded = Base64().encode(payload)
+    properties["body_encoding"] = "base64"
     properties["delivery_info"] = {**properties["delivery_info"], "exchange": "", "routing_key": qname}
     envelope = {
         "body": encoded,
@@ -137,7 +177,7 @@ def entry_of(publisher: Publisher, name: str, built: Built) -> tuple[Entry, Queu
         "headers": headers,
         "properties": properties,
     }
-    key = channel._q_for_pri(qname, channel._get_message_priority(envelope, reverse=False))
+    key = facts.key(qname, properties["priority"])
     text = json_dumps(envelope)
     if not text.endswith(_TAIL):  # properties are always last and never empty
         return None

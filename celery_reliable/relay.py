@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, Task, shared_task
 
+from . import redis_wire
 from .config import get_settings
 from .publisher import (
     check_delivery_options,
@@ -28,6 +30,7 @@ from .publisher import (
     reset_publisher,
     send_options,
 )
+from .redis_wire import Entry
 from .store.models import PendingStatus, utcnow
 from .store.pending import PendingRow, claim_rows, mark_failed, mark_sent, mark_status, release
 
@@ -72,85 +75,61 @@ def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats
     settings = get_settings(app)
     stats = RelayStats(claimed=len(rows))
     now = utcnow()
+    publisher = get_publisher(app)
+    direct = publisher.direct_redis()
     ready: list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]] = []
+    built: list[tuple[PendingRow, Entry]] = []  # Redis: entries written directly
     expired: list[int] = []
     invalid: list[tuple[int, str]] = []
     for row in rows:
         if row.expires_at is not None and row.expires_at <= now:
             expired.append(row.id)
             continue
+        if direct and row.message:
+            entry = Entry.from_stored(row.message)
+            if entry is None:
+                invalid.append((row.id, "the stored message is corrupt; resend it from its arguments"))
+                continue
+            if is_known_task(app, row.task_name):
+                built.append((row, entry))
+                continue
         try:
             ready.append((row, *_decode(app, row)))
         except Exception as exc:
             invalid.append((row.id, f"{type(exc).__name__}: {exc}"))
     stats.expired = mark_status(app, token, expired, PendingStatus.EXPIRED, "expires passed before it was sent")
+    if direct and ready:
+        ready = _build_entries(app, publisher, token, ready, built, invalid)
     for row_id, error in invalid:
         stats.invalid += mark_status(app, token, [row_id], PendingStatus.INVALID, error)
         logger.error("Pending message %d cannot be sent: %s", row_id, error)
-    if not ready:
+    if not ready and not built:
         return stats
-    publisher = get_publisher(app)
-    sent: list[int] = []
-    failures: list[tuple[int, str]] = []
-    untried: list[int] = []
+    outcome = _Outcome()
     with publisher.lock:
-        if publisher.scheme in ("redis", "rediss"):
-            # One pipeline: every message added is in Redis after the flush, or (a broker error)
-            # none is known to be. A message that cannot even be built is that row's fault alone.
-            added: list[int] = []
-            try:
-                ctx = publisher.context()
-                with publisher.producer.batch(max_size=max(1, len(ready))):
-                    for row, args, kwargs, options in ready:
-                        try:
-                            publisher.send(row.task_name, args, kwargs, row.task_id, options, ctx=ctx)
-                        except Exception as exc:
-                            if not is_bad_input(exc):
-                                raise
-                            invalid.append((row.id, f"{type(exc).__name__}: {exc}"))
-                            stats.invalid += mark_status(app, token, [row.id], PendingStatus.INVALID, invalid[-1][1])
-                            logger.error("Pending message %d cannot be sent: %s", row.id, invalid[-1][1])
-                            continue
-                        added.append(row.id)
-                sent = added
-            except Exception as exc:
-                # The broker is away: count one failed send, give the others back untouched.
-                error = f"{type(exc).__name__}: {exc}"
-                tried = added[:1] or [r.id for r, *_ in ready if r.id not in {i for i, _ in invalid}][:1]
-                failures = [(row_id, error) for row_id in tried]
-                untried = [r.id for r, *_ in ready if r.id not in tried and r.id not in {i for i, _ in invalid}]
-                stats.broker_down = True
-                reset_publisher(app)
-        elif publisher.batch_confirms:
+        if built:
+            _write_direct(app, publisher, built, outcome)
+        if ready and outcome.broker_down:
+            outcome.untried.extend(row.id for row, *_ in ready)
+        elif ready and publisher.scheme in ("redis", "rediss"):
+            _send_redis_batch(app, token, publisher, ready, outcome, stats)
+        elif ready and publisher.batch_confirms:
             # Publish the batch on a confirm-mode channel, then wait for the confirms: sent = acked.
-            outcome = publisher.send_confirmed(
+            result = publisher.send_confirmed(
                 [(row.task_name, args, kwargs, row.task_id, options) for row, args, kwargs, options in ready]
             )
-            sent = [ready[i][0].id for i in outcome.sent]
-            failures = [(ready[i][0].id, error) for i, error in outcome.failed]
-            untried = [ready[i][0].id for i in outcome.untried]
-            if outcome.broker_down:
-                stats.broker_down = True
+            outcome.sent += [ready[i][0].id for i in result.sent]
+            outcome.failures += [(ready[i][0].id, error) for i, error in result.failed]
+            outcome.untried += [ready[i][0].id for i in result.untried]
+            if result.broker_down:
+                outcome.broker_down = True
                 reset_publisher(app)
-        else:
-            ctx = publisher.context()
-            for index, (row, args, kwargs, options) in enumerate(ready):
-                try:
-                    publisher.send(row.task_name, args, kwargs, row.task_id, options, ctx=ctx)
-                    sent.append(row.id)
-                except Exception as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                    if is_bad_input(exc):
-                        stats.invalid += mark_status(app, token, [row.id], PendingStatus.INVALID, error)
-                        logger.error("Pending message %d cannot be sent: %s", row.id, error)
-                        continue
-                    failures.append((row.id, error))
-                    stats.broker_down = True
-                    untried = [r.id for r, *_ in ready[index + 1 :]]
-                    reset_publisher(app)
-                    break
-    stats.sent = mark_sent(app, token, sent)
-    stats.released = release(app, token, untried)
+        elif ready:
+            _send_one_by_one(app, token, publisher, ready, outcome, stats)
+    stats.broker_down = outcome.broker_down
+    stats.sent = mark_sent(app, token, outcome.sent)
+    stats.released = release(app, token, outcome.untried)
+    failures = outcome.failures
     rescheduled, dead = mark_failed(
         app, token, failures, max_attempts=settings.relay_max_attempts,
         base=settings.relay_backoff, cap=settings.relay_backoff_max,
@@ -162,6 +141,130 @@ def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats
     if dead:
         logger.error("Relay: %d pending message(s) failed too often and are marked dead", dead)
     return stats
+
+
+@dataclass
+class _Outcome:
+    """Row ids of a batch by what became of them."""
+
+    sent: list[int] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    untried: list[int] = field(default_factory=list)
+    broker_down: bool = False
+
+
+def _build_entries(
+    app: Celery,
+    publisher: Any,
+    token: str,
+    ready: list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]],
+    built: list[tuple[PendingRow, Entry]],
+    invalid: list[tuple[int, str]],
+) -> list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]]:
+    """Redis: build the entries of rows stored without one; return the rows kombu must send."""
+    ctx = publisher.context(detached=True)
+    rest = []
+    for item in ready:
+        row, args, kwargs, options = item
+        try:
+            entry = publisher.entry(row.task_name, args, kwargs, row.task_id, options, ctx)
+        except Exception as exc:
+            if not is_bad_input(exc):
+                raise
+            invalid.append((row.id, f"{type(exc).__name__}: {exc}"))
+            continue
+        if entry is None:
+            rest.append(item)
+        else:
+            built.append((row, entry))
+    return rest
+
+
+def _write_direct(app: Celery, publisher: Any, built: list[tuple[PendingRow, Entry]], outcome: _Outcome) -> None:
+    """One pipeline of LPUSHes (and WAIT): all sent, or a broker failure counted once."""
+    try:
+        redis_wire.write(publisher, [entry for _, entry in built], publisher.wait_replicas, publisher.wait_timeout)
+    except redis_wire.NotReplicated as exc:
+        # In Redis but not on enough replicas: sent again later (same task ids).
+        outcome.failures += [(row.id, f"NotReplicated: {exc}") for row, _ in built]
+        outcome.broker_down = True
+    except Exception as exc:
+        # The broker is away: count one failed send, give the others back untouched.
+        outcome.failures.append((built[0][0].id, f"{type(exc).__name__}: {exc}"))
+        outcome.untried += [row.id for row, _ in built[1:]]
+        outcome.broker_down = True
+        reset_publisher(app)
+    else:
+        outcome.sent += [row.id for row, _ in built]
+
+
+def _send_redis_batch(
+    app: Celery,
+    token: str,
+    publisher: Any,
+    ready: list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]],
+    outcome: _Outcome,
+    stats: RelayStats,
+) -> None:
+    """Redis through kombu: one pipeline; every message added is in Redis after the flush, or
+    (a broker error) none is known to be. A message that cannot even be built is that row's fault alone."""
+    added: list[int] = []
+    refused: set[int] = set()
+    try:
+        ctx = publisher.context(detached=True)
+        with publisher.producer.batch(max_size=max(1, len(ready))):
+            for row, args, kwargs, options in ready:
+                try:
+                    publisher.send(row.task_name, args, kwargs, row.task_id, options, ctx=ctx)
+                except Exception as exc:
+                    if not is_bad_input(exc):
+                        raise
+                    error = f"{type(exc).__name__}: {exc}"
+                    refused.add(row.id)
+                    stats.invalid += mark_status(app, token, [row.id], PendingStatus.INVALID, error)
+                    logger.error("Pending message %d cannot be sent: %s", row.id, error)
+                    continue
+                added.append(row.id)
+        if publisher.wait_replicas:
+            redis_wire.write(publisher, [], publisher.wait_replicas, publisher.wait_timeout)
+        outcome.sent += added
+    except redis_wire.NotReplicated as exc:
+        outcome.failures += [(row_id, f"NotReplicated: {exc}") for row_id in added]
+        outcome.broker_down = True
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        candidates = [r.id for r, *_ in ready if r.id not in refused]
+        tried = added[:1] or candidates[:1]
+        outcome.failures += [(row_id, error) for row_id in tried]
+        outcome.untried += [row_id for row_id in candidates if row_id not in tried]
+        outcome.broker_down = True
+        reset_publisher(app)
+
+
+def _send_one_by_one(
+    app: Celery,
+    token: str,
+    publisher: Any,
+    ready: list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]],
+    outcome: _Outcome,
+    stats: RelayStats,
+) -> None:
+    ctx = publisher.context(detached=True)
+    for index, (row, args, kwargs, options) in enumerate(ready):
+        try:
+            publisher.send(row.task_name, args, kwargs, row.task_id, options, ctx=ctx)
+            outcome.sent.append(row.id)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if is_bad_input(exc):
+                stats.invalid += mark_status(app, token, [row.id], PendingStatus.INVALID, error)
+                logger.error("Pending message %d cannot be sent: %s", row.id, error)
+                continue
+            outcome.failures.append((row.id, error))
+            outcome.broker_down = True
+            outcome.untried += [r.id for r, *_ in ready[index + 1 :]]
+            reset_publisher(app)
+            break
 
 
 def relay_once(
@@ -181,22 +284,43 @@ def relay_once(
     deadline = time.monotonic() + (time_limit if time_limit is not None else settings.relay_time_limit)
     total = RelayStats()
     after: int | None = None
-    for _ in range(2 * limit + 1):
-        if total.batches >= limit or time.monotonic() >= deadline:
-            break
-        token, rows = claim_rows(app, limit=batch_size, lease=settings.relay_lease, after_id=after)
-        if not rows:
-            if after is None:
+    light = get_publisher(app).direct_redis()  # messages built ahead are sent as they are
+
+    def claim(after_id: int | None) -> tuple[str, list[Any]]:
+        return claim_rows(app, limit=batch_size, lease=settings.relay_lease, after_id=after_id, light=light)
+
+    # While a full batch is sent, the next one is claimed in a second thread: the database works
+    # on the claim while this process builds and sends (the two overlap on separate CPUs).
+    with ThreadPoolExecutor(1, thread_name_prefix="celery_reliable-claim") as pool:
+        ahead: Future[tuple[str, list[Any]]] | None = None
+        for _ in range(2 * limit + 1):
+            if total.batches >= limit or time.monotonic() >= deadline:
                 break
-            after = None
-            continue
-        # a short batch took all there was above the mark: the next claim looks at everything
-        after = max(row.id for row in rows) if len(rows) >= batch_size else None
-        stats = send_rows(app, token, rows)
-        total.add(stats)
-        total.batches += 1
-        if stats.broker_down:
-            break
+            if ahead is not None:
+                token, rows = ahead.result()
+                ahead = None
+            else:
+                token, rows = claim(after)
+            if not rows:
+                if after is None:
+                    break
+                after = None
+                continue
+            # a short batch took all there was above the mark: the next claim looks at everything
+            after = max(row.id for row in rows) if len(rows) >= batch_size else None
+            if after is not None and total.batches + 1 < limit:
+                ahead = pool.submit(claim, after)
+            stats = send_rows(app, token, rows)
+            total.add(stats)
+            total.batches += 1
+            if stats.broker_down:
+                break
+        if ahead is not None:  # claimed but not sent: give the rows back for the next pass
+            try:
+                token, rows = ahead.result()
+                total.released += release(app, token, [row.id for row in rows])
+            except Exception as exc:  # their lease runs out instead
+                logger.warning("Relay: could not give back a batch claimed ahead: %r", exc)
     if total.claimed:
         logger.info(
             "Relay pass: %d claimed, %d sent, %d failed, %d dead, %d expired, %d invalid",

@@ -15,6 +15,9 @@ class Order(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     customer: Mapped[str] = mapped_column(String(100))
     amount_cents: Mapped[int] = mapped_column(Integer)
+    #: The card on file; the payment provider refuses an ``expired`` one.
+    card: Mapped[str] = mapped_column(String(40), default="valid")
+    #: ``new`` until the charge task has run, then ``paid``.
     status: Mapped[str] = mapped_column(String(20), default="new")
 
 

@@ -9,6 +9,8 @@ from . import db as _db
 from . import doctor as _doctor
 from . import failed as _failed
 from . import failed_replay as _failed_replay
+from . import flower as _flower
+from . import metrics as _metrics
 from . import pending as _pending
 from . import relay as _relay
 from . import status as _status
@@ -18,4 +20,5 @@ __all__ = ["reliable"]
 
 del _db
 del _doctor
+del _flower, _metrics
 del _failed, _failed_replay, _pending, _relay, _status

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -25,19 +26,24 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     func,
     insert,
+    null,
     or_,
     select,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
-from .failures import delete_in_batches, session_scope
+from ..config import get_settings
+from .engine import get_autocommit_engine
+from .failures import delete_in_batches, session_scope, store_error
 from .models import PendingMessage, PendingStatus, utcnow
 
 
@@ -52,6 +58,8 @@ class PendingValues:
     options: dict[str, Any]
     eta: datetime | None
     expires_at: datetime | None
+    #: the message as written to a Redis broker, built ahead (see celery_reliable.redis_wire)
+    message: str | None = None
 
     def row(self, source: str, next_attempt_at: datetime, error: str = "") -> dict[str, Any]:
         now = utcnow()
@@ -63,6 +71,7 @@ class PendingValues:
             "options": self.options,
             "eta": self.eta,
             "expires_at": self.expires_at,
+            "message": self.message,
             "source": source,
             "status": PendingStatus.PENDING,
             "attempts": 0,
@@ -102,6 +111,15 @@ _T: Table = PendingMessage.__table__  # type: ignore[assignment]
 #: What the relay needs of a claimed row (attributes named as on :class:`PendingMessage`).
 _SEND_COLUMNS = (
     _T.c.id, _T.c.task_id, _T.c.task_name, _T.c.args, _T.c.kwargs, _T.c.options, _T.c.eta, _T.c.expires_at,
+    _T.c.message,
+)  # fmt: skip
+#: The same, with arguments only for rows without a message built ahead: for a relay that sends
+#: those messages as they are (decoding arguments is most of a claim's cost in the relay).
+_SEND_COLUMNS_LIGHT = (
+    _T.c.id, _T.c.task_id, _T.c.task_name,
+    case((_T.c.message.is_(None), _T.c.args), else_=null()).label("args"),
+    case((_T.c.message.is_(None), _T.c.kwargs), else_=null()).label("kwargs"),
+    _T.c.options, _T.c.eta, _T.c.expires_at, _T.c.message,
 )  # fmt: skip
 
 
@@ -124,6 +142,8 @@ class PendingRow(Protocol):
     def eta(self) -> datetime | None: ...
     @property
     def expires_at(self) -> datetime | None: ...
+    @property
+    def message(self) -> str | None: ...
 
 
 def _due(now: datetime) -> Any:
@@ -181,8 +201,35 @@ def _one_statement(dialect: Dialect) -> bool:
     return dialect.name == "postgresql" or (dialect.name == "sqlite" and bool(dialect.update_returning))
 
 
+@contextmanager
+def _relay_connection(app: Celery) -> Iterator[Connection]:
+    """A connection for the relay's claims and marks, each one statement.
+
+    PostgreSQL: the autocommit engine: one round trip per statement (no BEGIN, COMMIT or
+    pre-ping) and asynchronous commit. A claim or mark lost in a PostgreSQL crash only means
+    that row is sent once more, with the same task id. Other databases: a transaction (MariaDB
+    claims in two statements; SQLite has one writer anyway).
+    """
+    engine = get_autocommit_engine(app)
+    if engine.dialect.name != "postgresql":
+        with session_scope(app) as session:
+            yield session.connection()
+        return
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise store_error(get_settings(app).database_url, exc) from exc
+
+
 def claim_rows(
-    app: Celery, *, limit: int, lease: float, ids: Iterable[int] | None = None, after_id: int | None = None
+    app: Celery,
+    *,
+    limit: int,
+    lease: float,
+    ids: Iterable[int] | None = None,
+    after_id: int | None = None,
+    light: bool = False,
 ) -> tuple[str, list[Row[Any]]]:
     """Like :func:`claim`, returning light rows (the columns the relay sends), oldest first.
 
@@ -198,16 +245,17 @@ def claim_rows(
     now = utcnow()
     chosen = claim_query(now, limit, wanted, after_id)
     values = lease_values(token, now, lease)
-    with session_scope(app) as session:
-        conn = session.connection()
+    with _relay_connection(app) as conn:
+        # (SQLite resolves ``args`` inside ``... AS args`` of a RETURNING clause to the alias: NULL)
+        columns = _SEND_COLUMNS_LIGHT if light and conn.dialect.name == "postgresql" else _SEND_COLUMNS
         statement = update(_T).where(_chosen(conn.dialect.name, chosen)).values(**values)
         if _one_statement(conn.dialect):
-            rows = list(conn.execute(statement.returning(*_SEND_COLUMNS)))
+            rows = list(conn.execute(statement.returning(*columns)))
         elif conn.dialect.name == "sqlite":  # before 3.35: the same UPDATE, then read back by token
             conn.execute(statement)
-            rows = list(conn.execute(select(*_SEND_COLUMNS).where(_T.c.claim_token == token)))
+            rows = list(conn.execute(select(*columns).where(_T.c.claim_token == token)))
         else:
-            rows = list(conn.execute(chosen.with_only_columns(*_SEND_COLUMNS).with_for_update(skip_locked=True)))
+            rows = list(conn.execute(chosen.with_only_columns(*columns).with_for_update(skip_locked=True)))
             if rows:
                 conn.execute(update(_T).where(_T.c.id.in_([r.id for r in rows])).values(**values))
     return token, sorted(rows, key=_row_id)
@@ -260,8 +308,7 @@ def _update_claimed(app: Celery, token: str, ids: Sequence[int], values: dict[st
     """Update the rows among ``ids`` that ``token`` still holds; returns how many."""
     if not ids:
         return 0
-    with session_scope(app) as session:
-        conn = session.connection()
+    with _relay_connection(app) as conn:
         if conn.dialect.name == "postgresql":
             # One array parameter instead of one parameter per id.
             matches = _T.c.id == any_(bindparam("claimed_ids", list(ids), type_=ARRAY(BigInteger)))

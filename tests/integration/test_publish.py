@@ -260,11 +260,14 @@ def test_corrupt_pending_rows_become_invalid_and_the_others_are_sent(
     results = [publish(down, "t.ok", [f"corrupt-{i}"]) for i in range(6)]
     assert [r.sent for r in results] == [False] * 6
     ids = [r.pending_id for r in results]
-    # and four of them corrupted in the database
-    sql(db, update(PendingMessage).where(PendingMessage.id == ids[1]).values(args="oops"))
-    sql(db, update(PendingMessage).where(PendingMessage.id == ids[2]).values(kwargs=[1, 2]))
-    sql(db, update(PendingMessage).where(PendingMessage.id == ids[3]).values(task_name="t.not_registered"))
-    sql(db, update(PendingMessage).where(PendingMessage.id == ids[4]).values(options=42))
+    # and four of them corrupted in the database (by hand: the message built ahead is dropped too)
+    def corrupt(row_id: int, **values: Any) -> None:
+        sql(db, update(PendingMessage).where(PendingMessage.id == row_id).values(message=None, **values))
+
+    corrupt(ids[1], args="oops")
+    corrupt(ids[2], kwargs=[1, 2])
+    corrupt(ids[3], task_name="t.not_registered")
+    corrupt(ids[4], options=42)
     # When a relay (an app that registers its tasks) runs against the live broker
     relay = apps(broker_url, db, queue, tasks=("t.ok",))
     stats = relay_once(relay)
@@ -282,6 +285,28 @@ def test_corrupt_pending_rows_become_invalid_and_the_others_are_sent(
     assert relay_once(relay).claimed == 0
 
 
+@pytest.mark.redis
+def test_message_built_ahead_is_sent_as_stored_and_a_corrupt_one_is_marked(
+    redis_url: str, sqlite_db: str, queue: str, apps: AppFactory
+) -> None:
+    db = migrated(sqlite_db)
+    down = apps(dead_broker(redis_url), db, queue, tasks=("t.ok",), reliable_publish_retries=0)
+    results = [publish(down, "t.ok", [f"ahead-{i}"], priority=i) for i in range(3)]
+    rows = pending_rows(db)
+    # Redis: the row holds the list entry, keyed by queue (and kombu's priority suffix)
+    assert [r.message.split("\n", 1)[0] if r.message else None for r in rows] == [queue, queue, queue]
+    sql(db, update(PendingMessage).where(PendingMessage.id == results[1].pending_id).values(message="garbage"))
+    relay = apps(redis_url, db, queue, tasks=("t.ok",))
+    stats = relay_once(relay)
+    assert (stats.claimed, stats.sent, stats.invalid) == (3, 2, 1)
+    by_id = {row.id: row for row in pending_rows(db)}
+    assert by_id[results[1].pending_id].status == "invalid"
+    assert "stored message is corrupt" in by_id[results[1].pending_id].last_error
+    messages = {m["headers"]["id"]: m for m in queued_messages(redis_url, queue)}
+    assert sorted(messages) == sorted([results[0].task_id, results[2].task_id])
+    assert messages[results[2].task_id]["args"] == ["ahead-2"]
+
+
 def test_row_that_fails_at_send_time_does_not_hold_back_the_others(
     broker_url: str, sqlite_db: str, queue: str, apps: AppFactory
 ) -> None:
@@ -291,7 +316,12 @@ def test_row_that_fails_at_send_time_does_not_hold_back_the_others(
     down = apps(dead_broker(broker_url), db, queue, reliable_publish_retries=0)
     results = [publish(down, "t.ok", [f"poison-{i}"]) for i in range(3)]
     ids = [r.pending_id for r in results]
-    sql(db, update(PendingMessage).where(PendingMessage.id == ids[1]).values(options={"headers": {}, "queue": 5}))
+    sql(
+        db,
+        update(PendingMessage)
+        .where(PendingMessage.id == ids[1])
+        .values(options={"headers": {}, "queue": 5}, message=None),  # edited by hand: built again when sent
+    )
     relay = apps(broker_url, db, queue)
     stats = relay_once(relay)
     rows = {row.id: row for row in pending_rows(db)}
@@ -718,6 +748,10 @@ def test_publish_sends_the_message_send_task_would(
         assert relay_once(app).sent == 1
         app.send_task("t.ok", args, kwargs, task_id=task_id, **options)
         ours, celerys = _comparable(_raw_messages(broker_url, queue))
+        if is_redis(broker_url):
+            # built ahead, when the row was written: it names the producer's reply queue
+            assert ours["properties"].pop("reply_to") == down.thread_oid
+            celerys["properties"].pop("reply_to")
         assert ours == celerys, f"relayed {args!r:.60}, {kwargs!r:.60}, **{options!r:.100} differs from send_task"
         _purge(broker_url, queue)
 
