@@ -362,12 +362,20 @@ class _Confirms:
         self.results: list[bool | None] = []  # per tag of the batch: acked, nacked, unknown
         self.low = 0  # index of the first unresolved tag of the batch
         self.open = 0  # tags of the batch without an answer
+        self.returned: dict[str, str] = {}  # task id -> why RabbitMQ returned it (unroutable)
 
     def start(self) -> None:
         self.first = self.published + 1
         self.results = []
         self.low = 0
         self.open = 0
+        self.returned = {}
+
+    def on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        """basic.return of a mandatory message: RabbitMQ acks it too, but no queue has it."""
+        properties = getattr(message, "properties", None) or {}
+        task_id = str(properties.get("correlation_id") or "")
+        self.returned[task_id] = f"Unroutable: {exc} (exchange {exchange!r}, routing key {routing_key!r})"
 
     def published_one(self) -> None:
         self.published += 1
@@ -489,7 +497,11 @@ class Publisher:
         self.connection = app.connection_for_write(transport_options=transport, connect_timeout=self.timeout)
         self.producer: Any = app.amqp.Producer(self.connection, auto_declare=True)
         self.lock = threading.Lock()
-        self.extra: dict[str, Any] = {"confirm_timeout": self.timeout} if scheme in AMQP_SCHEMES else {}
+        # RabbitMQ: ``mandatory`` makes a message no queue takes (its queue was deleted after we
+        # declared it) come back as basic.return instead of being acked and dropped.
+        self.extra: dict[str, Any] = {}
+        if scheme in AMQP_SCHEMES:
+            self.extra = {"confirm_timeout": self.timeout, "mandatory": True}
         self.fast = _fast_path(app)
         self.origin = anon_nodename()
         #: (id(queue), id(channel)) -> (queue, channel, copy of the queue bound to the channel)
@@ -717,7 +729,11 @@ class Publisher:
                 outcome.untried = list(range(current + 1, len(messages)))
         for index, start, end in spans:
             result = self.confirms.confirmed(start, end)
-            if result:
+            returned = self.confirms.returned.get(messages[index][3])
+            if returned:
+                outcome.failed.append((index, returned))
+                outcome.broker_down = True  # declared queues are gone: a new connection declares them again
+            elif result:
                 outcome.sent.append(index)
             elif result is False:
                 outcome.failed.append((index, "MessageNacked: the broker refused the message"))
@@ -744,6 +760,7 @@ class Publisher:
             channel.basic_publish = publish_no_wait
             channel.events["basic_ack"].add(confirms.on_ack)
             channel.events["basic_nack"].add(confirms.on_nack)
+            channel.events["basic_return"].add(confirms.on_return)
             self.confirm_producer = self.app.amqp.Producer(channel, auto_declare=True)
         return self.confirm_producer
 

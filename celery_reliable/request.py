@@ -144,6 +144,6 @@ class ReliableRequest(Request):
             permanent = isinstance(exc, (PermanentError, *task.policy.permanent))
             events.send_from_request(
                 self, events.FAILURE_STORED, reason="permanent" if permanent else "exception",
-                exception=type(exc).__name__, attempts=int(self._context.retries or 0) + 1,
+                exc_type=type(exc).__name__, attempts=int(self._context.retries or 0) + 1,
             )  # fmt: skip
         return None

@@ -53,7 +53,7 @@ def test_failure_stored_event_follows_task_failed(scenario: Scenario) -> None:
         events = types("ev-1")
         assert events.index("task-failed") < events.index("task-reliable-failure-stored")
         stored = next(e for e in seen if e["type"] == "task-reliable-failure-stored")
-        assert stored["reason"] == "permanent" and stored["exception"] == "PermanentError"
+        assert stored["reason"] == "permanent" and stored["exc_type"] == "PermanentError"
         assert "task-reliable-failure-stored" not in types("ev-2")
     finally:
         stop.set()

@@ -757,11 +757,34 @@ def test_publish_sends_the_message_send_task_would(
 
 
 @pytest.mark.rabbitmq
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: Celery publishes without mandatory=True, so RabbitMQ acks an unroutable message; "
-    "publish() must use mandatory and treat basic.return as a failure",
-)
+def test_relay_does_not_count_a_returned_message_as_sent(
+    amqp_url: str, sqlite_db: str, queue: str, apps: AppFactory
+) -> None:
+    """The relay's batch confirms: a message RabbitMQ returns (its queue deleted after the relay
+    declared it) fails and is sent again later, instead of being acked and dropped."""
+    from kombu import Connection
+
+    db = migrated(sqlite_db)
+    down = apps(dead_broker(amqp_url), db, queue, tasks=("t.ok",), reliable_publish_retries=0)
+    relay = apps(amqp_url, db, queue, tasks=("t.ok",))
+    assert not publish(down, "t.ok", ["first"]).sent
+    assert relay_once(relay).sent == 1  # the relay declared the queue
+    with Connection(amqp_url, connect_timeout=5) as conn:
+        conn.channel().queue_delete(queue=queue)
+    late = [publish(down, "t.ok", [f"late-{i}"]) for i in range(2)]
+    stats = relay_once(relay)
+    assert (stats.sent, stats.failed, stats.broker_down) == (0, 2, True), stats  # both came back
+    waiting = [row for row in pending_rows(db) if row.status != "sent"]
+    assert [(row.status, row.attempts) for row in waiting] == [("pending", 1), ("pending", 1)]
+    assert all(row.last_error.startswith("Unroutable: Basic.return: (312) NO_ROUTE") for row in waiting)
+    now = datetime.now(timezone.utc)
+    sql(db, update(PendingMessage).where(PendingMessage.status == "pending").values(next_attempt_at=now))
+    again = relay_once(relay)
+    assert again.sent == 2
+    assert sorted(queued_ids(amqp_url, queue)) == sorted(r.task_id for r in late)
+
+
+@pytest.mark.rabbitmq
 def test_rabbitmq_unroutable_message_is_not_reported_as_sent(
     amqp_url: str, sqlite_db: str, queue: str, apps: AppFactory
 ) -> None:
