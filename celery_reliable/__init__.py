@@ -33,6 +33,7 @@ from .store.failures import FailureFilter, get_failure, list_failures, purge_fai
 from .store.models import FailedTask, FailureStatus, PendingMessage, PendingStatus, ProcessedTask
 from .store.pending import count_by_status, list_pending
 from .task import ReliableTask
+from .verify import VerifyOptions, VerifyReport, VerifySetupError, run_verify
 
 __version__ = "0.1.0"
 
@@ -86,6 +87,10 @@ __all__ = [
     "Summary",
     "summary",
     "ReliableCollector",
+    "VerifyOptions",
+    "VerifyReport",
+    "VerifySetupError",
+    "run_verify",
 ]
 
 del _maintenance, _relay

@@ -14,6 +14,7 @@ from . import metrics as _metrics
 from . import pending as _pending
 from . import relay as _relay
 from . import status as _status
+from . import verify as _verify
 from .base import reliable
 
 __all__ = ["reliable"]
@@ -22,3 +23,4 @@ del _db
 del _doctor
 del _flower, _metrics
 del _failed, _failed_replay, _pending, _relay, _status
+del _verify

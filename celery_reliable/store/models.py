@@ -169,3 +169,16 @@ class PendingMessage(Base):
         Index("ix_celery_reliable_pending_message_open", "id", postgresql_where=_OPEN, sqlite_where=_OPEN),
         Index("ix_celery_reliable_pending_message_sent_at", "sent_at", postgresql_where=_SENT, sqlite_where=_SENT),
     )
+
+
+class VerifyEffect(Base):
+    """One run of a ``reliable verify`` probe task. No unique key: a probe that ran twice shows twice."""
+
+    __tablename__ = "celery_reliable_verify_effect"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

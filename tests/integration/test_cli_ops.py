@@ -40,7 +40,9 @@ from tests.conftest import drop_queue, unique_queue
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime.now(timezone.utc)
+def now() -> datetime:
+    """The time now (not at collection: the suite runs for minutes)."""
+    return datetime.now(timezone.utc)
 
 
 def make_app(db_url: str, broker: str = "memory://", queue: str = "celery", **conf: Any) -> Celery:
@@ -79,7 +81,7 @@ ON_EVERY_DATABASE = pytest.mark.parametrize(
 
 
 def failed(task: str = "t.a", exc: str = "ValueError", status: str = "failed", age: float = 0, **kw: Any) -> FailedTask:
-    when = NOW - timedelta(seconds=age)
+    when = now() - timedelta(seconds=age)
     values: dict[str, Any] = {
         "task_id": uuid.uuid4().hex,
         "task_name": task,
@@ -100,7 +102,7 @@ def failed(task: str = "t.a", exc: str = "ValueError", status: str = "failed", a
 
 
 def pending(status: str = "pending", age: float = 0, task: str = "t.a", **kw: Any) -> PendingMessage:
-    when = NOW - timedelta(seconds=age)
+    when = now() - timedelta(seconds=age)
     values: dict[str, Any] = {
         "task_id": uuid.uuid4().hex,
         "task_name": task,
@@ -306,7 +308,7 @@ def test_failed_list_filters_and_show(app: Celery, db: str) -> None:
     assert ids("--exception", "ValueError", "--status", "failed") == [b1, a1]
     assert ids("--since", "1d") == [done, b1, a2, a1]
     assert ids("--until", "1d") == [old]
-    assert ids("--until", (NOW - timedelta(days=1)).isoformat(), "--task", "t.b") == [old]
+    assert ids("--until", (now() - timedelta(days=1)).isoformat(), "--task", "t.b") == [old]
     assert ids("--limit", "2") == [done, old]
     # The table is aligned and the detail shows arguments and traceback
     listing = cli(app, "failed", "list", "--task", "t.b").stdout.splitlines()
@@ -419,7 +421,7 @@ def test_export_round_trips_and_purge(app: Celery, db: str, tmp_path: Path) -> N
 @ON_EVERY_DATABASE
 def test_pending_list_resend_and_drop(sender: Celery, db: str, redis_url: str) -> None:
     queue = sender.conf.task_default_queue
-    later = NOW + timedelta(hours=1)
+    later = now() + timedelta(hours=1)
     # Given a row backing off, a dead one, a sent one and an expired one
     waiting, dead, sent, expired = seed(
         db, pending(next_attempt_at=later, attempts=3), pending("dead", attempts=20, args=[8]),
@@ -458,7 +460,7 @@ def test_pending_list_resend_and_drop(sender: Celery, db: str, redis_url: str) -
     assert refused.exit_code == 1 and re.search(r"^invalid\s+1$", refused.stdout, re.M), refused.output
     assert "not registered" in pending_rows(db)[-1]["last_error"] and len(queued(redis_url, queue)) == 2
     # And a row a running relay holds is left to it by resend and by drop
-    [held] = seed(db, pending("claimed", claim_token="t" * 36, lease_expires_at=NOW + timedelta(minutes=5)))
+    [held] = seed(db, pending("claimed", claim_token="t" * 36, lease_expires_at=now() + timedelta(minutes=5)))
     left = cli(sender, "pending", "resend", str(held), "--yes")
     assert left.exit_code == 1 and "held by a running relay" in left.stdout
     kept = cli(sender, "pending", "drop", str(held), "--yes")
@@ -468,7 +470,8 @@ def test_pending_list_resend_and_drop(sender: Celery, db: str, redis_url: str) -
 
 def test_relay_command_sends_due_rows(sender: Celery, db: str, redis_url: str) -> None:
     # Given two due rows and one not due yet
-    first, second, _later = seed(db, pending(age=5), pending(age=1), pending(next_attempt_at=NOW + timedelta(hours=1)))
+    later = pending(next_attempt_at=now() + timedelta(hours=1))
+    first, second, _later = seed(db, pending(age=5), pending(age=1), later)
     # When one relay pass runs by hand
     result = cli(sender, "relay", "--json")
     # Then it sent the due rows, with their ids
