@@ -149,7 +149,7 @@ def test_redis_without_persistence_and_with_eviction_fails_through_the_cli(
         "app = Celery('doctorproj', task_cls='celery_reliable:ReliableTask')\n"
         f"app.conf.update(broker_url={server.url!r}, reliable_database_url={migrated_sqlite!r},\n"
         "                worker_send_task_events=True, task_send_sent_event=True, task_time_limit=60)\n"
-        "@app.task(name='doctorproj.work')\n"
+        "@app.task(name='doctorproj.work', shared=False)\n"
         "def work():\n"
         "    pass\n"
     )
@@ -446,12 +446,12 @@ def record(kind, key):
         return conn.execute("SELECT count(*) FROM e WHERE kind = ? AND key = ?", (kind, key)).fetchone()[0]
 
 
-@app.task(name="quorumproj.ok")
+@app.task(name="quorumproj.ok", shared=False)
 def ok(key):
     record("effect", key)
 
 
-@app.task(name="quorumproj.flaky")
+@app.task(name="quorumproj.flaky", shared=False)
 def flaky(key):
     if record("attempt", key) <= 2:
         raise ConnectionError("transient")
