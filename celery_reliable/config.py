@@ -200,7 +200,10 @@ class ReliableSettings:
     )
     failure_events: bool = field(
         default=True,
-        metadata=_doc("Send a 'task-reliable-failure-stored' event (seen by Flower) for every stored failure."),
+        metadata=_doc(
+            "Send a 'task-reliable-failure-stored' event (seen by Flower) for every stored failure, and, where "
+            "worker_send_task_events is on, a 'task-reliable-resent' event for every message the relay sends."
+        ),
     )
 
     def __post_init__(self) -> None:

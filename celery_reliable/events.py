@@ -18,6 +18,8 @@ FAILURE_STORED = "task-reliable-failure-stored"
 REPLAYED = "task-reliable-replayed"
 #: A message that reached no task (unknown name, invalid) was stored.
 MESSAGE_STORED = "task-reliable-message-stored"
+#: The relay sent a pending message (the event's ``uuid`` is its original task id).
+RESENT = "task-reliable-resent"
 
 
 def send_from_request(request: Any, event_type: str, **fields: Any) -> None:
@@ -39,3 +41,21 @@ def send_from_app(app: Any, event_type: str, uuid: str, hostname: str | None = N
             dispatcher.send(event_type, uuid=uuid, **fields)
     except Exception:
         logger.warning("Could not send %s for %s", event_type, uuid, exc_info=True)
+
+
+def send_resent(app: Any, rows: Any) -> None:
+    """One ``task-reliable-resent`` per message the relay sent, on one dispatcher; never raises.
+
+    Sent only where task events are on (``worker_send_task_events``, what Flower needs), so a
+    relay without Flower does not pay for them.
+    """
+    from .config import get_settings
+
+    if not rows or not app.conf.worker_send_task_events or not get_settings(app).failure_events:
+        return
+    try:
+        with app.events.default_dispatcher() as dispatcher:
+            for row in rows:
+                dispatcher.send(RESENT, uuid=row.task_id, name=row.task_name, pending_id=row.id)
+    except Exception:
+        logger.warning("Could not send %s for %d message(s)", RESENT, len(rows), exc_info=True)

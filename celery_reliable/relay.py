@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import Celery, Task, shared_task
 
-from . import redis_wire
+from . import events, redis_wire
 from .config import get_settings
 from .publisher import (
     check_delivery_options,
@@ -128,6 +128,9 @@ def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats
             _send_one_by_one(app, token, publisher, ready, outcome, stats)
     stats.broker_down = outcome.broker_down
     stats.sent = mark_sent(app, token, outcome.sent)
+    if outcome.sent:
+        sent = set(outcome.sent)
+        events.send_resent(app, [row for row in rows if row.id in sent])
     stats.released = release(app, token, outcome.untried)
     failures = outcome.failures
     rescheduled, dead = mark_failed(
