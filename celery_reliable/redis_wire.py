@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 #: What kombu's Redis transport adds to every message; the entry text ends with these braces.
 _TAIL = "}}"
+#: Values per LPUSH command (bounds the size of one command).
+_VALUES_PER_LPUSH = 1000
 #: send_task_message() parameters that are not message properties.
 _NOT_PROPERTIES = frozenset(
     {"retry", "retry_policy", "declare", "timeout", "confirm_timeout", "event_dispatcher"}
@@ -50,8 +52,8 @@ class Entry:
     key: str  # the list: the queue name, with kombu's suffix for a priority above 0
     text: str  # kombu's JSON envelope; the delivery tag is added per send
 
-    def tagged(self) -> str:
-        return f'{self.text[: -len(_TAIL)]}, "delivery_tag": "{uuid.uuid4()}"{_TAIL}'
+    def tagged(self, tag: str) -> str:
+        return f'{self.text[: -len(_TAIL)]}, "delivery_tag": "{tag}"{_TAIL}'
 
     def stored(self) -> str:
         """The form kept in the pending table's ``message`` column: the key, a newline, the envelope."""
@@ -192,11 +194,20 @@ def write(publisher: Publisher, entries: list[Entry], wait_replicas: int, wait_t
     """
     if not entries and not wait_replicas:
         return
+    # One LPUSH per list with many values (pushed in order, so consumed in order): one command and
+    # one reply per batch instead of one per message.
+    # Delivery tags only need to be unique (kombu's unacked hash is keyed by them): one random
+    # UUID per batch and a counter, instead of a UUID per message.
+    base = uuid.uuid4()
+    by_key: dict[str, list[str]] = {}
+    for index, entry in enumerate(entries):
+        by_key.setdefault(entry.key, []).append(entry.tagged(f"{base}-{index:x}"))
     channel = publisher.producer.channel
     with channel.conn_or_acquire() as client:
         pipe = client.pipeline(transaction=False)
-        for entry in entries:
-            pipe.lpush(entry.key, entry.tagged())
+        for key, values in by_key.items():
+            for start in range(0, len(values), _VALUES_PER_LPUSH):
+                pipe.lpush(key, *values[start : start + _VALUES_PER_LPUSH])
         if wait_replicas:
             pipe.execute_command("WAIT", wait_replicas, int(wait_timeout * 1000))
         results = pipe.execute()

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from celery import Celery, Task, shared_task
@@ -72,7 +73,17 @@ def _decode(app: Celery, row: PendingRow) -> tuple[list[Any], dict[str, Any], di
 
 def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats:
     """Send claimed rows; mark each sent, expired, invalid, or failed (backed off / dead)."""
-    settings = get_settings(app)
+    stats, record = _send(app, token, rows)
+    record()
+    return stats
+
+
+def _send(app: Celery, token: str, rows: Sequence[PendingRow]) -> tuple[RelayStats, Callable[[], None]]:
+    """Send claimed rows; return the stats and what records the outcome in the table.
+
+    ``broker_down`` is known when this returns; the sent/failed counts once ``record`` ran (the
+    relay runs it in its second thread while it sends the next batch).
+    """
     stats = RelayStats(claimed=len(rows))
     now = utcnow()
     publisher = get_publisher(app)
@@ -104,7 +115,7 @@ def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats
         stats.invalid += mark_status(app, token, [row_id], PendingStatus.INVALID, error)
         logger.error("Pending message %d cannot be sent: %s", row_id, error)
     if not ready and not built:
-        return stats
+        return stats, _nothing
     outcome = _Outcome()
     with publisher.lock:
         if built:
@@ -127,6 +138,16 @@ def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats
         elif ready:
             _send_one_by_one(app, token, publisher, ready, outcome, stats)
     stats.broker_down = outcome.broker_down
+    return stats, partial(_record, app, token, rows, outcome, stats)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _record(app: Celery, token: str, rows: Sequence[PendingRow], outcome: _Outcome, stats: RelayStats) -> None:
+    """Mark the rows of a sent batch: sent, given back, or failed (backed off / dead)."""
+    settings = get_settings(app)
     stats.sent = mark_sent(app, token, outcome.sent)
     if outcome.sent:
         sent = set(outcome.sent)
@@ -143,7 +164,6 @@ def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats
         logger.warning("Relay: %d message(s) not sent (%s)", len(failures), failures[0][1])
     if dead:
         logger.error("Relay: %d pending message(s) failed too often and are marked dead", dead)
-    return stats
 
 
 @dataclass
@@ -294,6 +314,7 @@ def relay_once(
 
     # While a full batch is sent, the next one is claimed in a second thread: the database works
     # on the claim while this process builds and sends (the two overlap on separate CPUs).
+    recorded: list[tuple[RelayStats, Future[None]]] = []
     with ThreadPoolExecutor(1, thread_name_prefix="celery_reliable-claim") as pool:
         ahead: Future[tuple[str, list[Any]]] | None = None
         for _ in range(2 * limit + 1):
@@ -313,8 +334,9 @@ def relay_once(
             after = max(row.id for row in rows) if len(rows) >= batch_size else None
             if after is not None and total.batches + 1 < limit:
                 ahead = pool.submit(claim, after)
-            stats = send_rows(app, token, rows)
-            total.add(stats)
+            stats, record = _send(app, token, rows)
+            # recorded in the second thread (in order, before the claim after next)
+            recorded.append((stats, pool.submit(record)))
             total.batches += 1
             if stats.broker_down:
                 break
@@ -324,6 +346,9 @@ def relay_once(
                 total.released += release(app, token, [row.id for row in rows])
             except Exception as exc:  # their lease runs out instead
                 logger.warning("Relay: could not give back a batch claimed ahead: %r", exc)
+        for stats, done in recorded:
+            done.result()  # a database error marking rows raises here, as it did inline
+            total.add(stats)
     if total.claimed:
         logger.info(
             "Relay pass: %d claimed, %d sent, %d failed, %d dead, %d expired, %d invalid",

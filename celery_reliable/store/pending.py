@@ -119,7 +119,8 @@ _SEND_COLUMNS_LIGHT = (
     _T.c.id, _T.c.task_id, _T.c.task_name,
     case((_T.c.message.is_(None), _T.c.args), else_=null()).label("args"),
     case((_T.c.message.is_(None), _T.c.kwargs), else_=null()).label("kwargs"),
-    _T.c.options, _T.c.eta, _T.c.expires_at, _T.c.message,
+    case((_T.c.message.is_(None), _T.c.options), else_=null()).label("options"),
+    _T.c.eta, _T.c.expires_at, _T.c.message,
 )  # fmt: skip
 
 
