@@ -334,6 +334,7 @@ class Bench:
     logdir: Path
     results: dict[str, list[RunResult]] = field(default_factory=dict)
     current: WorkerRun | None = None
+    probe: Callable[[str, int], None] | None = None
     load_start: str = field(default_factory=loadavg)
     code: str = field(default_factory=code_version)
 
@@ -395,6 +396,8 @@ class Bench:
             worker_cpu = tree_cpu(worker.proc.pid) - cpu_at_ready
             pg_cpu = self.store.backend_cpu()
             first_at = float(self.client.get(run_keys["first"]) or end_at)
+            if self.probe is not None:
+                self.probe(variant, worker.proc.pid)
         finally:
             worker.stop()
             self.current = None
@@ -636,7 +639,7 @@ def _short(path: str) -> str:
     return path
 
 
-def _profile_table(profiler: cProfile.Profile, calls: int, top: int) -> str:
+def _profile_table(profiler: cProfile.Profile, calls: int, top: int, unit: str = "task") -> str:
     stats = pstats.Stats(profiler, stream=io.StringIO())
     rows = []
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
@@ -644,16 +647,16 @@ def _profile_table(profiler: cProfile.Profile, calls: int, top: int) -> str:
         rows.append((cumtime, tottime, ncalls, f"{_short(path)}:{line}({func})"))
     total = sum(r[1] for r in rows)
     lines = [
-        f"total profiled time {total / calls * 1e6:.0f} us per task (profiler overhead included)",
+        f"total profiled time {total / calls * 1e6:.0f} us per {unit} (profiler overhead included)",
         "",
-        "| cumulative us/task | own us/task | calls/task | function |",
+        f"| cumulative us/{unit} | own us/{unit} | calls/{unit} | function |",
         "|---:|---:|---:|---|",
     ]
-    wanted = [r for r in sorted(rows, reverse=True) if "bench_consumer" not in r[3]]
+    wanted = [r for r in sorted(rows, reverse=True) if not r[3].startswith("bench/")]
     for cumtime, tottime, ncalls, name in wanted[:top]:
         lines.append(f"| {cumtime / calls * 1e6:.1f} | {tottime / calls * 1e6:.1f} | {ncalls / calls:.1f} | `{name}` |")
     lines += ["", "Top by own time:", ""]
-    lines += ["| own us/task | calls/task | function |", "|---:|---:|---|"]
+    lines += [f"| own us/{unit} | calls/{unit} | function |", "|---:|---:|---|"]
     for _cumtime, tottime, ncalls, name in sorted(rows, key=lambda r: r[1], reverse=True)[:top]:
         lines.append(f"| {tottime / calls * 1e6:.1f} | {ncalls / calls:.1f} | `{name}` |")
     return "\n".join(lines)
@@ -842,7 +845,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@dataclass
+class Outcome:
+    """What :func:`run` measured: the worker runs by variant, the in-process traces, the report."""
+
+    results: dict[str, list[RunResult]]
+    traces: list[TraceResult]
+    report: str
+
+
 def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None, probe: Callable[[str, int], None] | None = None, quiet: bool = False) -> Outcome:
+    """Run the benchmark; ``probe(variant, worker_pid)`` is called after each run's last task,
+    before its worker stops (``bench.bench_memory`` reads the worker's memory there)."""
     args = parse_args(argv)
     command = "python -m bench.bench_consumer " + " ".join(sys.argv[1:] if argv is None else argv)
     broker = f"{args.redis.rstrip('/')}/{args.redis_db}"
@@ -852,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir = Path(tempfile.mkdtemp(prefix="reliable-bench-logs-"))
     needs_store = args.trace_calls > 0 or any(v in RELIABLE_VARIANTS for v in args.variant_list)
     store = Store(args.db if needs_store else "sqlite", args.pg_url)
-    bench = Bench(args, broker, prefix, store, client, logdir)
+    bench = Bench(args, broker, prefix, store, client, logdir, probe=probe)
     ok = False
     try:
         store.create()
@@ -873,7 +892,8 @@ def main(argv: list[str] | None = None) -> int:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text_md)
-        print(text_md)
+        if not quiet:
+            print(text_md)
         log(f"written to {output}")
         ok = True
     finally:
@@ -887,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(logdir, ignore_errors=True)
         else:
             log(f"worker logs kept in {logdir}")
-    return 0
+    return Outcome(bench.results, traces, text_md)
 
 
 if __name__ == "__main__":

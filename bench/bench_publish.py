@@ -2,6 +2,7 @@
 
     python -m bench.bench_publish [--n 20000] [--n-amqp 10000] [--n-single 2000] [--n-outbox 500]
                                   [--runs 3] [--batch 500] [--claim-sizes 1000,10000,100000]
+                                  [--batch-sizes 100,500,2000,5000] [--sections redis,amqp,...]
 
 Sections (all in one run, each against plain Celery on the same broker):
 
@@ -13,8 +14,11 @@ Sections (all in one run, each against plain Celery on the same broker):
        confirms each message: against apply_async with and without ``confirm_publish``)
     4  outbox: time from ``session.commit()`` to the message in Redis (a consumer thread BRPOPs
        the queue), post-commit fast path; plain "commit, then apply_async" for reference
-    5  relay claim cost against the size of the pending table (due rows; sent rows kept for
-       ``reliable_pending_retention``), and EXPLAIN ANALYZE of the claim statement
+    5  relay claim cost against the size of the pending table (all due; or sent rows kept for
+       ``reliable_pending_retention`` plus a due backlog; up to 1M rows, filled in PostgreSQL
+       itself) and against the batch size, and EXPLAIN (ANALYZE, BUFFERS) of the claim
+    6  relay drain rate to Redis against the batch size
+    7  where the relay's time goes: its steps one after another, timed, then under cProfile
 
 Everything runs on 127.0.0.1: a PostgreSQL database created and dropped here (next to
 ``--pg-url``), Redis db ``--redis-db`` with every key under a unique prefix (kombu's
@@ -26,6 +30,7 @@ count and time.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -35,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TASK = "bench.publish.noop"
 PENDING = "celery_reliable_pending_message"
+#: The partial index on open rows (migration 0003) that the claim must use.
+OPEN_INDEX = "ix_celery_reliable_pending_message_open"
+SECTIONS = ("redis", "amqp", "single", "outbox", "claim", "batch", "profile")
 
 #: Targets of the brief.
 TARGET_RELAY_RATE = 20_000.0
@@ -133,6 +141,52 @@ def fill(engine: Engine, rows: list[dict[str, Any]], *, truncate: bool = True) -
             conn.execute(insert(PendingMessage.__table__), rows[start : start + 5000])
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(text(f"ANALYZE {PENDING}"))
+
+
+def fill_generated(engine: Engine, template: dict[str, Any], sent: int, due: int) -> float:
+    """Fill the table in the database itself: ``sent`` rows (sent, kept for the retention), then
+    ``due`` rows (a backlog), each a copy of ``template`` with its own task id; then VACUUM
+    ANALYZE (what autovacuum does to a table that has settled). Returns the seconds it took.
+
+    ``INSERT ... SELECT`` from ``generate_series`` with the template row: 1M rows need no
+    round trip per row."""
+    from celery_reliable.store.models import PendingMessage
+
+    columns = [c.name for c in PendingMessage.__table__.columns if c.name != "id"]
+    start = time.perf_counter()
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {PENDING} RESTART IDENTITY"))
+        conn.execute(insert(PendingMessage.__table__), [dict(template, status="pending", sent_at=None)])
+        for status, count in (("sent", sent), ("pending", due)):
+            if not count:
+                continue
+            chosen = []
+            for name in columns:
+                if name == "task_id":
+                    chosen.append("gen_random_uuid()::text")
+                elif name == "status":
+                    chosen.append(f"'{status}'")
+                elif name == "sent_at":
+                    chosen.append("t.created_at" if status == "sent" else "NULL")
+                else:
+                    chosen.append(f"t.{name}")
+            conn.execute(
+                text(
+                    f"INSERT INTO {PENDING} ({', '.join(columns)}) SELECT {', '.join(chosen)} "
+                    f"FROM {PENDING} AS t, generate_series(1, :count) WHERE t.id = 1"
+                ),
+                {"count": count},
+            )
+        conn.execute(text(f"DELETE FROM {PENDING} WHERE id = 1"))
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text(f"VACUUM (ANALYZE) {PENDING}"))
+    return time.perf_counter() - start
+
+
+def table_size(engine: Engine) -> str:
+    """The table's size on disk with its indexes and TOAST, human readable."""
+    with engine.connect() as conn:
+        return str(conn.execute(text(f"SELECT pg_size_pretty(pg_total_relation_size('{PENDING}'))")).scalar())
 
 
 def status_counts(engine: Engine) -> dict[str, int]:
@@ -253,14 +307,15 @@ class Bench:
 
     # -- 1 and 2: relay drains --------------------------------------------------------------
 
-    def drain(self, app: Celery, count: int) -> None:
+    def drain(self, app: Celery, count: int, batch: int | None = None) -> None:
         """relay_once until every row is sent (it loops over batches itself; bounded by time)."""
         from celery_reliable import relay_once
 
+        batch = batch or self.args.batch
         sent = 0
         deadline = time.monotonic() + self.args.drain_timeout
-        for _ in range(count // self.args.batch + 10):
-            stats = relay_once(app, batch_size=self.args.batch, time_limit=self.args.drain_timeout)
+        for _ in range(count // batch + 10):
+            stats = relay_once(app, batch_size=batch, time_limit=self.args.drain_timeout)
             sent += stats.sent
             if stats.broker_down:
                 raise RuntimeError(f"relay: broker down: {stats.errors[:1]}")
@@ -448,99 +503,174 @@ class Bench:
 
         args = self.args
         app = make_app("claim", self.redis.url, self.queue, db_url=self.store.url)
-        claim = getattr(pending, "claim_rows", None) or pending.claim
-        claim_after = getattr(pending, "claim_rows", None) if hasattr(pending, "lease_values") else None
-        template = dict(pending_rows(app, 0, 1)[0], sent_at=None)
-        table: list[tuple[str, int, float, float, float]] = []
+        template = pending_rows(app, 0, 1)[0]
+        table: list[dict[str, Any]] = []
         plans: dict[str, list[str]] = {}
+        by_batch: list[tuple[int, float]] = []
+        largest = max(args.claim_size_list)
+
+        def timed_claim(limit: int, after_id: int | None, expected: int) -> float:
+            start = time.perf_counter()
+            token, claimed = pending.claim_rows(app, limit=limit, lease=60, after_id=after_id, light=True)
+            took = time.perf_counter() - start
+            pending.release(app, token, [r.id for r in claimed])
+            if len(claimed) != expected:
+                raise RuntimeError(f"claim of {limit} took {len(claimed)} rows, expected {expected}")
+            return took * 1000
+
         try:
             for size in args.claim_size_list:
                 for scenario in ("due", "sent"):
-                    if scenario == "due":
-                        rows = [dict(template, task_id=str(uuid.uuid4())) for _ in range(size)]
-                    else:  # size sent rows kept for the retention, then 2000 due rows
-                        sent = dict(template, status="sent", sent_at=template["created_at"])
-                        rows = [dict(sent, task_id=str(uuid.uuid4())) for _ in range(size)]
-                        rows += [dict(template, task_id=str(uuid.uuid4())) for _ in range(2000)]
-                    fill(self.engine, rows)
+                    sent, due = (0, size) if scenario == "due" else (size, args.claim_backlog)
+                    seconds = fill_generated(self.engine, template, sent, due)
+                    size_text = table_size(self.engine)
                     # a relay pass claims its first batch from the lowest id, the next ones above
-                    # the last id of the batch before (here: above the sent rows)
-                    mark = size if scenario == "sent" else 0
-                    claims: list[float] = []
-                    continuing: list[float] = []
-                    legacy: list[float] = []
+                    # the last id of the batch before (here: above the sent rows, ids 2..sent + 1)
+                    mark = sent + 1 if sent else None
+                    expected = min(args.batch, due)
+                    claims, continuing = [], []
                     for k in range(args.claim_repeats + 1):
-                        start = time.perf_counter()
-                        token, claimed = claim(app, limit=args.batch, lease=60)
-                        took = time.perf_counter() - start
-                        pending.release(app, token, [r.id for r in claimed])
-                        took_after = float("nan")
-                        if claim_after is not None:
-                            start = time.perf_counter()
-                            token, claimed = claim_after(app, limit=args.batch, lease=60, after_id=mark)
-                            took_after = time.perf_counter() - start
-                            pending.release(app, token, [r.id for r in claimed])
-                        start = time.perf_counter()
-                        token = legacy_claim(self.engine, args.batch)
-                        legacy_took = time.perf_counter() - start
-                        legacy_release(self.engine, token)
+                        first = timed_claim(args.batch, None, expected)
+                        later = timed_claim(args.batch, mark, expected)
                         if k:  # the first is warm-up
-                            claims.append(took * 1000)
-                            continuing.append(took_after * 1000)
-                            legacy.append(legacy_took * 1000)
-                    medians = (statistics.median(claims), statistics.median(continuing), statistics.median(legacy))
-                    table.append((scenario, size, *medians))
+                            claims.append(first)
+                            continuing.append(later)
+                    entry = {
+                        "scenario": scenario, "sent": sent, "due": due, "size": size_text, "fill_s": seconds,
+                        "claim_ms": statistics.median(claims), "continuing_ms": statistics.median(continuing),
+                    }  # fmt: skip
+                    table.append(entry)
                     log(
-                        f"claim of {args.batch}, {size:,} {scenario} rows: {medians[0]:.1f} ms, continuing a pass "
-                        f"{medians[1]:.1f} ms (before this change: {medians[2]:.1f} ms)"
+                        f"claim of {args.batch}, {sent:,} sent + {due:,} due rows ({size_text}, filled in "
+                        f"{seconds:.1f}s): {entry['claim_ms']:.1f} ms, "
+                        f"continuing a pass {entry['continuing_ms']:.1f} ms"
                     )
-                    if size == max(args.claim_size_list):
-                        plans[f"{size:,} {scenario} rows"] = explain_claim(self.engine, args.batch)
+                    if size == largest:
+                        plans[f"{sent:,} sent + {due:,} due rows, first claim of a pass"] = explain_claim(
+                            self.engine, args.batch
+                        )
                         if scenario == "sent":
-                            plans[f"{size:,} sent rows, continuing a pass"] = explain_claim(
+                            plans[f"{sent:,} sent + {due:,} due rows, continuing a pass"] = explain_claim(
                                 self.engine, args.batch, after_id=mark
                             )
+                            for limit in args.batch_size_list:
+                                wanted = min(limit, due)
+                                took = [timed_claim(limit, None, wanted) for _ in range(args.claim_repeats + 1)][1:]
+                                by_batch.append((limit, statistics.median(took)))
+                                log(f"claim of {limit} at {sent:,} sent rows: {by_batch[-1][1]:.1f} ms")
         finally:
             close_app(app)
             with self.engine.begin() as conn:
                 conn.execute(text(f"TRUNCATE {PENDING}"))
-        self.results["claim"] = (table, plans)
+        index_used = bool(plans) and all(any(OPEN_INDEX in line for line in plan) for plan in plans.values())
+        self.results["claim"] = {"table": table, "plans": plans, "by_batch": by_batch, "index_used": index_used}
+
+    # -- 6: relay drain rate against the batch size ---------------------------------------------
+
+    def batch_section(self) -> None:
+        args = self.args
+        n = args.n
+        transport = {"global_keyprefix": self.redis.prefix}
+        app = make_app("relay-batch", self.redis.url, self.queue, db_url=self.store.url, transport=transport)
+        rows = pending_rows(app, 0, n)
+        runs: dict[int, list[Rate]] = {b: [] for b in args.batch_size_list}
+        try:
+            fill(self.engine, rows[:200])
+            self.drain(app, 200)
+            self.empty("redis", 200)
+            for run in range(args.runs):
+                for batch in args.batch_size_list:
+                    fill(self.engine, rows)
+                    runs[batch].append(self.timed(n, functools.partial(self.drain, app, n, batch), broker_cpu=True))
+                    counts = status_counts(self.engine)
+                    if counts != {"sent": n}:
+                        raise RuntimeError(f"relay left rows {counts}")
+                    self.empty("redis", n)
+                    log(f"batch {batch} run {run + 1}: relay {runs[batch][-1].rate:,.0f} msg/s")
+        finally:
+            close_app(app)
+        self.results["batch"] = runs
+
+    # -- 7: where the relay's time goes ------------------------------------------------------------
+
+    def profile_section(self) -> None:
+        """The relay's steps one after another (no claim ahead), timed per step, then cProfiled."""
+        import cProfile
+
+        from celery_reliable.relay import send_rows
+        from celery_reliable.store.pending import claim_rows
+
+        args = self.args
+        n = args.n
+        transport = {"global_keyprefix": self.redis.prefix}
+        app = make_app("relay-profile", self.redis.url, self.queue, db_url=self.store.url, transport=transport)
+        rows = pending_rows(app, 0, n)
+        steps = {"claim": 0.0, "send": 0.0}
+
+        def sequential() -> None:
+            after: int | None = None
+            for _ in range(n // args.batch + 2):
+                start = time.perf_counter()
+                token, got = claim_rows(app, limit=args.batch, lease=60, after_id=after, light=True)
+                claimed = time.perf_counter()
+                if not got:
+                    break
+                after = got[-1].id
+                send_rows(app, token, got)
+                steps["claim"] += claimed - start
+                steps["send"] += time.perf_counter() - claimed
+
+        try:
+            fill(self.engine, rows[:200])
+            self.drain(app, 200)
+            self.empty("redis", 200)
+            fill(self.engine, rows)
+            plain = self.timed(n, sequential, broker_cpu=True)
+            claim_us, send_us = steps["claim"] / n * 1e6, steps["send"] / n * 1e6
+            self.empty("redis", n)
+            fill(self.engine, rows)
+            profiler = cProfile.Profile()
+            profiler.enable()
+            sequential()
+            profiler.disable()
+            self.empty("redis", n)
+        finally:
+            close_app(app)
+        from bench.bench_consumer import _profile_table
+
+        self.results["profile"] = {
+            "rate": plain, "claim_us": claim_us, "send_us": send_us, "steps": breakdown(profiler, n),
+            "table": _profile_table(profiler, n, args.profile_top, unit="message"),
+        }  # fmt: skip
+        log(f"relay steps one after another: {plain.rate:,.0f} msg/s")
 
 
-def legacy_claim(engine: Engine, limit: int) -> str:
-    """The claim before this change, for comparison; returns its token.
-
-    SELECT ids FOR UPDATE SKIP LOCKED; UPDATE by ids; SELECT the rows by claim token (ORM).
-    """
-    from sqlalchemy import select, update
-
-    from celery_reliable.store.models import PendingMessage, PendingStatus, utcnow
-    from celery_reliable.store.pending import _due
-
-    token = str(uuid.uuid4())
-    now = utcnow()
-    with Session(engine) as session, session.begin():
-        chosen = select(PendingMessage.id).where(_due(now)).order_by(PendingMessage.id).limit(limit)
-        locked = list(session.execute(chosen.with_for_update(skip_locked=True)).scalars())
-        session.execute(
-            update(PendingMessage)
-            .where(PendingMessage.id.in_(locked))
-            .values(status=PendingStatus.CLAIMED, claim_token=token, lease_expires_at=now + timedelta(seconds=60))
-            .execution_options(synchronize_session=False)
-        )
-        list(session.execute(select(PendingMessage).where(PendingMessage.claim_token == token)).scalars())
-    return token
+#: The relay's steps in a profile: (label, file, function).
+STEPS = (
+    ("claim: `claim_rows` (one UPDATE ... RETURNING per batch)", "store/pending.py", "claim_rows"),
+    ("send: `send_rows` (all below)", "celery_reliable/relay.py", "send_rows"),
+    ("  read the stored entries: `Entry.from_stored`", "redis_wire.py", "from_stored"),
+    ("  write them: `redis_wire.write` (delivery tag, one pipeline of LPUSHes)", "redis_wire.py", "write"),
+    ("  mark the rows sent: `mark_sent` (one UPDATE per batch)", "store/pending.py", "mark_sent"),
+    ("waiting for PostgreSQL (psycopg `wait`, in the claim and the mark)", "psycopg/connection.py", "wait"),
+    ("waiting for Redis (socket reads of the pipeline's replies)", "redis/connection.py", "read_response"),
+    ("decoding JSON (the `options` column, by psycopg)", "json/__init__.py", "loads"),
+)
 
 
-def legacy_release(engine: Engine, token: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                f"UPDATE {PENDING} SET status = 'pending', claim_token = NULL, lease_expires_at = NULL "
-                "WHERE claim_token = :t"
-            ),
-            {"t": token},
-        )
+def breakdown(profiler: Any, n: int) -> list[tuple[str, float]]:
+    """Cumulative µs per message of the relay's steps in a cProfile run (profiler overhead included)."""
+    import io
+    import pstats
+
+    raw: dict[Any, Any] = pstats.Stats(profiler, stream=io.StringIO()).stats  # type: ignore[attr-defined]
+    found: list[tuple[str, float]] = []
+    for label, path, func in STEPS:
+        cumulative = [v[3] for (p, _line, f), v in raw.items() if f == func and p.endswith(path)]
+        if path.startswith("redis/"):  # nested calls: the outermost one
+            cumulative = cumulative[:1] and [max(cumulative)]
+        found.append((label, sum(cumulative) / n * 1e6))
+    return found
 
 
 def explain_claim(engine: Engine, limit: int, after_id: int | None = None) -> list[str]:
@@ -689,28 +819,11 @@ def report(bench: Bench, command: str) -> str:
                 f"| {pct(com, 0.5):.2f} | {pct(com, 0.99):.2f} |"
             )
     if "claim" in res:
-        table, plans = res["claim"]
-        details += [
-            "",
-            f"### Claim cost against the pending table size (claim of {args.batch} rows)",
-            "",
-            f"Median of {args.claim_repeats} claims (each released again). *due*: every row is due; "
-            "*sent*: that many sent rows (kept for `reliable_pending_retention`, 24 h by default) "
-            "and 2,000 due rows. *claim*: the first claim of a relay pass (the due rows with the "
-            "lowest ids); *continuing a pass*: a later claim of the same pass, above the last id of "
-            "the batch before (here: above the sent rows). *before*: the claim this change replaced "
-            "(SELECT ... FOR UPDATE SKIP LOCKED, UPDATE by ids, ORM SELECT by claim token: no index "
-            "on the token, so a scan of the table).",
-            "",
-            "| rows in the table | claim (ms) | continuing a pass (ms) | before this change (ms) |",
-            "|---|---:|---:|---:|",
-        ]
-        for scenario, size, ms, after_ms, legacy_ms in table:
-            what = f"{size:,} due" if scenario == "due" else f"{size:,} sent + 2,000 due"
-            details.append(f"| {what} | {ms:.1f} | {after_ms:.1f} | {legacy_ms:.1f} |")
-        for scenario, plan in plans.items():
-            title = f"EXPLAIN (ANALYZE, BUFFERS) of the claim, {scenario}:"
-            details += ["", title, "", "```", *plan, "```"]
+        details += claim_details(res["claim"], args)
+    if "batch" in res:
+        details += batch_details(res["batch"], args)
+    if "profile" in res:
+        details += profile_details(res["profile"], args)
     lines = [
         "# Publishing benchmark: celery_reliable against plain Celery",
         "",
@@ -731,6 +844,95 @@ def report(bench: Bench, command: str) -> str:
         *details,
     ]
     return "\n".join(lines) + "\n"
+
+
+def claim_details(claim: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The claim cost against the table size and the batch size, and the query plans."""
+    lines = [
+        "",
+        f"### Claim cost against the pending table size (claim of {args.batch} rows)",
+        "",
+        f"Median of {args.claim_repeats} claims (each released again), `claim_rows` as the relay calls it. "
+        "The table is filled in PostgreSQL itself (`INSERT ... SELECT` from `generate_series`, copies of a "
+        "message as `publish()` stores it, then `VACUUM ANALYZE`): *sent* rows are kept for "
+        "`reliable_pending_retention` (24 h by default), *due* rows are a backlog. *First of a pass*: the "
+        "claim of the due rows with the lowest ids; *continuing a pass*: a later claim of the same pass, "
+        "above the last id of the batch before (here: above the sent rows).",
+        "",
+        "| rows in the table | size on disk | filled in (s) | first of a pass (ms) | continuing a pass (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for e in claim["table"]:
+        what = f"{e['due']:,} due" if not e["sent"] else f"{e['sent']:,} sent + {e['due']:,} due"
+        lines.append(f"| {what} | {e['size']} | {e['fill_s']:.1f} | {e['claim_ms']:.1f} | {e['continuing_ms']:.1f} |")
+    if claim["by_batch"]:
+        big = max((e for e in claim["table"] if e["sent"]), key=lambda e: e["sent"])
+        lines += [
+            "",
+            f"Claim cost against the batch size, {big['sent']:,} sent + {big['due']:,} due rows:",
+            "",
+            "| batch size | claim (ms) | µs per claimed row |",
+            "|---:|---:|---:|",
+        ]
+        for limit, ms in claim["by_batch"]:
+            rows = min(limit, big["due"])
+            lines.append(f"| {limit:,} | {ms:.1f} | {ms * 1000 / rows:.1f} |")
+    used = "yes" if claim["index_used"] else "**no**"
+    lines += ["", f"Partial index on open rows (`{OPEN_INDEX}`) used by every plan below: {used}."]
+    for scenario, plan in claim["plans"].items():
+        lines += ["", f"EXPLAIN (ANALYZE, BUFFERS) of the claim, {scenario}:", "", "```", *plan, "```"]
+    return lines
+
+
+def batch_details(runs: dict[int, list[Rate]], args: argparse.Namespace) -> list[str]:
+    lines = [
+        "",
+        f"### Relay drain to Redis against the batch size (N = {args.n:,})",
+        "",
+        f"`relay_once(batch_size=...)`, median of {args.runs} runs; CPU per message of this process, "
+        "of the PostgreSQL backends and of redis-server.",
+        "",
+        "| batch size | msg/s (median run) | runs (msg/s) | client CPU µs/msg | PostgreSQL CPU µs/msg "
+        "| redis-server CPU µs/msg |",
+        "|---:|---:|---|---:|---:|---:|",
+    ]
+    for batch, rs in runs.items():
+        m = median_run(rs)
+        lines.append(
+            f"| {batch:,} | {m.rate:,.0f} | {', '.join(f'{r.rate:,.0f}' for r in rs)} | {m.per_msg_us(m.cpu):.0f} "
+            f"| {m.per_msg_us(m.pg_cpu):.0f} | {m.per_msg_us(m.broker_cpu):.0f} |"
+        )
+    return lines
+
+
+def profile_details(prof: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    rate: Rate = prof["rate"]
+    return [
+        "",
+        f"### Where the relay's time goes (N = {args.n:,}, batch {args.batch})",
+        "",
+        "The relay's steps one after another in this process (each batch claimed, then sent: no claim "
+        f"ahead in a second thread): {rate.rate:,.0f} msg/s; per message {prof['claim_us']:.0f} µs waiting "
+        f"for the claim, {prof['send_us']:.0f} µs sending (reading the stored entries, one Redis pipeline, "
+        f"marking the rows sent). CPU per message: this process {rate.per_msg_us(rate.cpu):.0f} µs, "
+        f"PostgreSQL {rate.per_msg_us(rate.pg_cpu):.0f} µs, redis-server {rate.per_msg_us(rate.broker_cpu):.0f} µs.",
+        "",
+        *(
+            [
+                "Steps of the same loop under cProfile (cumulative µs per message, profiler overhead included):",
+                "",
+                "| step | µs per message |",
+                "|---|---:|",
+                *(f"| {label} | {us:.1f} |" for label, us in prof["steps"]),
+                "",
+            ]
+            if prof.get("steps")
+            else []
+        ),
+        "cProfile of the same loop (profiler overhead included, times per message):",
+        "",
+        prof["table"],
+    ]
 
 
 def drain_table(title: str, runs: tuple[list[Rate], list[Rate]], broker_name: str) -> list[str]:
@@ -771,10 +973,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median reported)")
     parser.add_argument("--batch", type=int, default=500, help="relay batch size")
     parser.add_argument("--block", type=int, default=250, help="interleaving block of the single-message loops")
-    parser.add_argument("--claim-sizes", default="1000,10000,100000", help="pending table sizes; empty: skip")
+    parser.add_argument(
+        "--claim-sizes", default="1000,10000,100000", help="pending table sizes (e.g. up to 1000000); empty: skip"
+    )
+    parser.add_argument("--claim-backlog", type=int, default=10000, help="due rows next to the sent ones")
     parser.add_argument("--claim-repeats", type=int, default=7)
+    parser.add_argument(
+        "--batch-sizes", default="100,500,2000,5000", help="relay batch sizes of the batch section and of the claim"
+    )
+    parser.add_argument("--profile-top", type=int, default=15, help="functions listed by the profile section")
     parser.add_argument("--drain-timeout", type=float, default=120.0)
-    parser.add_argument("--sections", default="redis,amqp,single,outbox,claim")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"some of {','.join(SECTIONS)}")
     parser.add_argument(
         "--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
         help="an existing database on the server; a new one is created next to it and dropped",
@@ -789,13 +998,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"{url}: only servers on 127.0.0.1 are used")
     args.claim_size_list = [int(s) for s in args.claim_sizes.split(",") if s.strip()]
     args.section_list = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(args.section_list) - {"redis", "amqp", "single", "outbox", "claim"}
+    args.batch_size_list = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
+    for name, values in (("--claim-sizes", args.claim_size_list), ("--batch-sizes", args.batch_size_list)):
+        if any(v < 1 for v in values):
+            parser.error(f"{name}: every size must be a positive number of rows")
+    if "claim" in args.section_list and args.claim_backlog < max([*args.batch_size_list, args.batch]):
+        parser.error("--claim-backlog must be at least the largest batch size (each claim takes a full batch)")
+    unknown = set(args.section_list) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None, quiet: bool = False) -> tuple[dict[str, Any], argparse.Namespace, str]:
+    """Run the benchmark: its results by section, the parsed arguments, and the report."""
     args = parse_args(argv)
     command = " ".join(["python -m bench.bench_publish", *(sys.argv[1:] if argv is None else argv)])
     broker = f"{args.redis.rstrip('/')}/{args.redis_db}"
@@ -822,13 +1043,18 @@ def main(argv: list[str] | None = None) -> int:
             bench.single_section("amqp")
         if "outbox" in args.section_list:
             bench.outbox_section()
+        if "batch" in args.section_list and args.batch_size_list:
+            bench.batch_section()
+        if "profile" in args.section_list:
+            bench.profile_section()
         if "claim" in args.section_list and args.claim_size_list:
             bench.claim_section()
         text_md = report(bench, command)
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text_md)
-        print(text_md)
+        if not quiet:
+            print(text_md)
         log(f"written to {output}")
     finally:
         if engine is not None:
@@ -843,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"deleted {deleted} Redis keys under {prefix}")
         store.drop()
         client.close()
-    return 0
+    return bench.results, args, text_md
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def check_acks_late(tasks: list[TaskFacts]) -> Result:
     if early:
         return Result(
             "tasks.acks_late",
-            Status.WARN,
+            Status.FAIL,
             f"{len(early)} of {len(tasks)} tasks ack before they run ({names(early)}): a worker crash or "
             "restart mid-task loses the task",
             f"use {RELIABLE_BASE} (or Celery(task_cls=...)), or set acks_late=True on the task "
@@ -44,7 +44,7 @@ def check_worker_lost(tasks: list[TaskFacts]) -> Result:
     if exposed:
         return Result(
             "tasks.worker_lost",
-            Status.WARN,
+            Status.FAIL,
             f"{len(exposed)} late-ack tasks are acked when their pool process is killed (OOM, SIGKILL): "
             f"the task is lost ({names(exposed)})",
             f"use {RELIABLE_BASE} (bounded retry on worker loss), or set "

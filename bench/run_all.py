@@ -1,0 +1,355 @@
+"""Every benchmark in one run, and one table of ratios against plain Celery measured in it.
+
+    python -m bench.run_all [--quick] [--max-rows 1000000] [--parts consumer,publish]
+
+(``scripts/bench`` runs it in the project's virtualenv after starting the services.)
+
+Parts, each against plain Celery on the same machine, brokers and database, in this run:
+
+    consumer  ``bench.bench_consumer``: ReliableTask throughput (idempotency off and on) and the
+              cost of storing a failure, with real prefork workers; the memory of each worker
+              (main and pool processes, ``bench.bench_memory``) is read after its last task
+    publish   ``bench.bench_publish``: relay drain to Redis and to RabbitMQ (confirms),
+              ``publish()`` against ``apply_async``, outbox commit -> broker latency, the relay's
+              drain rate against its batch size, where its time goes (profile), and the claim's
+              cost against the pending table's size (1k -> 1M rows) with its query plan
+
+The summary is printed and written to ``bench/results/summary.md``; each part's full report
+to ``bench/results/consumer.md`` and ``bench/results/publish.md`` (the directory is git-ignored).
+``--quick`` runs every measurement with small counts and once (a few minutes); the default
+(full) run takes about 10 minutes, one of them to fill two pending tables of 1M rows (1.7 GB on
+disk each, in a database dropped at the end; ``--max-rows 100000`` leaves them out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench import bench_consumer, bench_publish
+from bench.bench_memory import MemoryProbe, mib
+from bench.bench_memory import report_table as memory_table
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+#: Arguments of each part: quick and full.
+CONSUMER = {
+    "quick": ["--n", "500", "--m", "200", "--runs", "1", "--trace-calls", "200"],
+    "full": ["--n", "2000", "--m", "500", "--runs", "5", "--trace-calls", "1000"],
+}
+PUBLISH = {
+    "quick": [
+        "--n", "5000", "--n-amqp", "2000", "--n-single", "500", "--n-outbox", "200", "--runs", "1",
+        "--batch-sizes", "100,500,2000", "--claim-backlog", "5000", "--claim-repeats", "3",
+    ],
+    "full": [
+        "--n", "20000", "--n-amqp", "10000", "--n-single", "2000", "--n-outbox", "500", "--runs", "3",
+        "--batch-sizes", "100,500,2000,5000", "--claim-backlog", "10000", "--claim-repeats", "7",
+    ],
+}  # fmt: skip
+CLAIM_SIZES = (1_000, 10_000, 100_000, 1_000_000)
+#: The claim of the largest table may cost at most this many times the claim of the smallest.
+CLAIM_GROWTH_LIMIT = 2.0
+
+
+@dataclass
+class Row:
+    """One line of the summary."""
+
+    measurement: str
+    reliable: str
+    plain: str
+    ratio: str
+    target: str = ""
+    met: bool | None = None
+
+    def markdown(self) -> str:
+        met = "" if self.met is None else ("yes" if self.met else "**NO**")
+        return f"| {self.measurement} | {self.reliable} | {self.plain} | {self.ratio} | {self.target} | {met} |"
+
+
+def consumer_rows(outcome: bench_consumer.Outcome, probe: MemoryProbe) -> list[Row]:
+    res = outcome.results
+    rate = {v: runs[0].count / statistics.median(r.seconds for r in runs) for v, runs in res.items()}
+    best = {v: runs[0].count / min(r.seconds for r in runs) for v, runs in res.items()}  # least disturbed run
+    # CPU per task (worker processes and PostgreSQL backends): moves much less with other load
+    cpu = {v: statistics.median((r.worker_cpu + r.pg_cpu) * 1000 / r.count for r in runs) for v, runs in res.items()}
+    rows: list[Row] = []
+    if "acks_late" in rate:
+        base = f"`acks_late` task: {rate['acks_late']:,.0f} tasks/s ({cpu['acks_late']:.2f} ms CPU/task)"
+        for variant, label, target in (
+            ("reliable", "`ReliableTask` throughput, no-op tasks, prefork -c 2", bench_consumer.TARGET_RELIABLE),
+            ("idempotent", "`ReliableTask(idempotent=True)` throughput", bench_consumer.TARGET_IDEMPOTENT),
+        ):
+            if variant in rate:
+                ratio = rate[variant] / rate["acks_late"]
+                mine = f"{rate[variant]:,.0f} tasks/s ({cpu[variant]:.2f} ms CPU/task)"
+                best_ratio = best[variant] / best["acks_late"]
+                shown = f"{ratio:.2f}x (best runs: {best_ratio:.2f}x; CPU: {cpu['acks_late'] / cpu[variant]:.2f}x)"
+                rows.append(Row(label, mine, base, shown, f"≥ {target:.2f}x", ratio >= target))
+        if "defaults" in rate and "reliable" in rate:
+            rows.append(
+                Row(
+                    "`ReliableTask` against Celery's defaults (early ack, prefetch 4)",
+                    f"{rate['reliable']:,.0f} tasks/s",
+                    f"defaults: {rate['defaults']:,.0f} tasks/s",
+                    f"{rate['reliable'] / rate['defaults']:.2f}x",
+                    "(reference)",
+                )
+            )
+    if "fail_plain" in res and "fail_reliable" in res:
+        per = {
+            v: statistics.median(r.seconds for r in res[v]) * 1000 / res[v][0].count
+            for v in bench_consumer.FAIL_VARIANTS
+        }
+        added = per["fail_reliable"] - per["fail_plain"]
+        limit = bench_consumer.TARGET_FAILURE_MS
+        rows.append(
+            Row(
+                "failure store: wall time per failing task (row stored before the ack)",
+                f"{per['fail_reliable']:.2f} ms",
+                f"Celery's failure path: {per['fail_plain']:.2f} ms",
+                f"{added:+.2f} ms",
+                f"≤ +{limit:.0f} ms",
+                added <= limit,
+            )
+        )
+    plain = probe.median("acks_late")
+    for variant, label in (("reliable", "`ReliableTask`"), ("idempotent", "`ReliableTask(idempotent=True)`")):
+        mem = probe.median(variant)
+        if mem is None or plain is None:
+            continue
+        rows.append(
+            Row(
+                f"memory of a worker running {label}: total PSS of main + {len(mem.pool)} pool processes",
+                f"{mib(mem.total_pss)} MiB",
+                f"`acks_late` task: {mib(plain.total_pss)} MiB",
+                f"{mem.total_pss / plain.total_pss:.2f}x",
+                "(no target)",
+            )
+        )
+        if variant == "reliable":
+            rows.append(
+                Row(
+                    "memory, worker main process: RSS / USS",
+                    f"{mib(mem.main.rss)} / {mib(mem.main.uss)} MiB",
+                    f"{mib(plain.main.rss)} / {mib(plain.main.uss)} MiB",
+                    f"{mem.main.rss / plain.main.rss:.2f}x / {mem.main.uss / plain.main.uss:.2f}x",
+                    "(no target)",
+                )
+            )
+            rows.append(
+                Row(
+                    "memory, each pool process: PSS / USS",
+                    f"{mib(mem.pool_mean('pss'))} / {mib(mem.pool_mean('uss'))} MiB",
+                    f"{mib(plain.pool_mean('pss'))} / {mib(plain.pool_mean('uss'))} MiB",
+                    f"{mem.pool_mean('pss') / plain.pool_mean('pss'):.2f}x / "
+                    f"{mem.pool_mean('uss') / plain.pool_mean('uss'):.2f}x",
+                    "(no target)",
+                )
+            )
+    return rows
+
+
+def publish_rows(res: dict[str, Any]) -> list[Row]:
+    bp = bench_publish
+    rows: list[Row] = []
+    for kind, label in (("redis", "Redis"), ("amqp", "RabbitMQ, confirmed")):
+        key = f"single_{kind}"
+        if key not in res:
+            continue
+        us = {variant: statistics.median(values) for variant, values in res[key].items()}
+        base = "apply_async_confirm" if kind == "amqp" else "apply_async"
+        over = us["publish"] / us[base] - 1
+        name = "`apply_async` + `confirm_publish`" if kind == "amqp" else "`apply_async`"
+        rows.append(
+            Row(
+                f"`publish()` overhead, healthy {label}, per message",
+                f"{us['publish']:.0f} µs",
+                f"{name}: {us[base]:.0f} µs",
+                f"{over:+.0%}",
+                f"≤ +{bp.TARGET_PUBLISH_OVERHEAD:.0%}",
+                over <= bp.TARGET_PUBLISH_OVERHEAD,
+            )
+        )
+    if "relay_redis" in res:
+        relay, plain = (bp.median_run(runs) for runs in res["relay_redis"])
+        runs_text = ", ".join(f"{r.rate:,.0f}" for r in res["relay_redis"][0])
+        rows.append(
+            Row(
+                f"relay drain PostgreSQL → Redis, N = {relay.count:,} (runs: {runs_text} msg/s)",
+                f"{relay.rate:,.0f} msg/s",
+                f"`apply_async` loop: {plain.rate:,.0f} msg/s",
+                f"{relay.rate / plain.rate:.1f}x",
+                f"≥ {bp.TARGET_RELAY_RATE:,.0f} msg/s and ≥ {bp.TARGET_RELAY_REDIS_RATIO:.0f}x",
+                relay.rate >= bp.TARGET_RELAY_RATE and relay.rate / plain.rate >= bp.TARGET_RELAY_REDIS_RATIO,
+            )
+        )
+    if "relay_amqp" in res:
+        relay, plain = (bp.median_run(runs) for runs in res["relay_amqp"])
+        ratio = relay.rate / plain.rate
+        rows.append(
+            Row(
+                f"relay drain PostgreSQL → RabbitMQ with confirms, N = {relay.count:,}",
+                f"{relay.rate:,.0f} msg/s",
+                f"`apply_async` loop, `confirm_publish`: {plain.rate:,.0f} msg/s",
+                f"{ratio:.1f}x",
+                f"≥ {bp.TARGET_RELAY_AMQP_RATIO:.0f}x",
+                ratio >= bp.TARGET_RELAY_AMQP_RATIO,
+            )
+        )
+    if "outbox" in res:
+        out = res["outbox"]
+        p50, p99 = bp.pct(out["outbox"]["latency"], 0.5), bp.pct(out["outbox"]["latency"], 0.99)
+        b50, b99 = bp.pct(out["plain"]["latency"], 0.5), bp.pct(out["plain"]["latency"], 0.99)
+        rows.append(
+            Row(
+                f"outbox: `commit()` → message in Redis, N = {len(out['outbox']['latency'])}",
+                f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+                f"commit, then `apply_async`: p50 {b50:.2f} ms, p99 {b99:.2f} ms",
+                f"{p50 / b50:.1f}x (p50)",
+                f"p50 ≤ {bp.TARGET_OUTBOX_P50_MS:.0f} ms",
+                p50 <= bp.TARGET_OUTBOX_P50_MS,
+            )
+        )
+    if res.get("batch"):
+        rates = {batch: bp.median_run(runs).rate for batch, runs in res["batch"].items()}
+        best = max(rates, key=lambda b: rates[b])
+        rows.append(
+            Row(
+                "relay drain → Redis against the batch size",
+                ", ".join(f"{b:,}: {r:,.0f}" for b, r in rates.items()) + " msg/s",
+                "",
+                f"best: batch {best:,}",
+                "(scaling)",
+            )
+        )
+    if "claim" in res and res["claim"]["table"]:
+        table = res["claim"]["table"]
+        smallest = min(table, key=lambda e: e["sent"] + e["due"])
+        largest = max((e for e in table if e["sent"]), key=lambda e: e["sent"])
+        growth = largest["claim_ms"] / smallest["claim_ms"]
+        used = res["claim"]["index_used"]
+        rows.append(
+            Row(
+                f"relay claim of one batch, {largest['sent']:,} sent + {largest['due']:,} due rows "
+                f"({largest['size']}) against {smallest['due']:,} due rows",
+                f"{largest['claim_ms']:.1f} ms (continuing a pass {largest['continuing_ms']:.1f} ms)",
+                f"{smallest['claim_ms']:.1f} ms",
+                f"{growth:.2f}x",
+                f"≤ {CLAIM_GROWTH_LIMIT:.0f}x, partial index used" + ("" if used else " (it is **not**)"),
+                used and growth <= CLAIM_GROWTH_LIMIT,
+            )
+        )
+    return rows
+
+
+def render(rows: list[Row], sections: list[str], header: list[str]) -> str:
+    lines = [
+        *header,
+        "",
+        "| measurement | celery_reliable | plain Celery | ratio | target | met? |",
+        "|---|---|---|---:|---|---|",
+        *(row.markdown() for row in rows),
+        *sections,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, one run each (a few minutes)")
+    parser.add_argument(
+        "--max-rows", type=int, default=None,
+        help="largest pending table of the claim measurement (default: 1,000,000 full, 10,000 quick)",
+    )  # fmt: skip
+    parser.add_argument("--parts", default="consumer,publish", help="consumer, publish or both")
+    parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379")
+    parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//")
+    parser.add_argument("--output", default=str(RESULTS / "summary.md"))
+    args = parser.parse_args(argv)
+    args.part_list = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = set(args.part_list) - {"consumer", "publish"}
+    if unknown or not args.part_list:
+        parser.error(f"--parts: expected consumer, publish or both, got {args.parts!r}")
+    if args.max_rows is None:
+        args.max_rows = 10_000 if args.quick else 1_000_000
+    if args.max_rows < 1_000:
+        parser.error("--max-rows: at least 1000")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    command = " ".join(["python -m bench.run_all", *(sys.argv[1:] if argv is None else argv)])
+    loads = [("start", bench_consumer.loadavg())]
+    started = time.monotonic()
+    rows: list[Row] = []
+    sections: list[str] = []
+    environment: list[str] = []
+    code = bench_consumer.code_version()
+    if "consumer" in args.part_list:
+        bench_consumer.log(f"consumer benchmark ({mode}), with the memory of each worker")
+        probe = MemoryProbe()
+        consumer = bench_consumer.run(
+            [*CONSUMER[mode], "--pg-url", args.pg_url, "--redis", args.redis], probe=probe, quiet=True
+        )
+        loads.append(("after the consumer part", bench_consumer.loadavg()))
+        rows += consumer_rows(consumer, probe)
+        environment = [line for line in consumer.report.splitlines() if line.startswith("- ")][:3]
+        sections += [
+            "",
+            "## Memory per worker process (MiB)",
+            "",
+            "`celery worker -P prefork -c 2` of each variant, read from `/proc/<pid>/smaps_rollup` after its "
+            "last task (median run by total PSS). RSS counts shared pages in every process; PSS shares them "
+            "out; USS is what only that process holds.",
+            "",
+            *memory_table(probe),
+        ]
+    if "publish" in args.part_list:
+        bench_consumer.log(f"publishing benchmark ({mode})")
+        sizes = ",".join(str(s) for s in CLAIM_SIZES if s <= args.max_rows)
+        publish_args = [*PUBLISH[mode], "--claim-sizes", sizes, "--pg-url", args.pg_url, "--redis", args.redis]
+        results, pub_args, report = bench_publish.run([*publish_args, "--amqp", args.amqp], quiet=True)
+        loads.append(("after the publishing part", bench_consumer.loadavg()))
+        rows += publish_rows(results)
+        environment = environment or [line for line in report.splitlines() if line.startswith("- ")][:3]
+        if "batch" in results:
+            sections += bench_publish.batch_details(results["batch"], pub_args)
+        if "profile" in results:
+            sections += bench_publish.profile_details(results["profile"], pub_args)
+        if "claim" in results:
+            sections += bench_publish.claim_details(results["claim"], pub_args)
+    minutes = (time.monotonic() - started) / 60
+    met = [row.met for row in rows if row.met is not None]
+    header = [
+        "# celery_reliable against plain Celery: every benchmark, one run",
+        "",
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} on commit {code}: `{command}` ({mode}, "
+        f"{minutes:.1f} minutes); {sum(met)} of {len(met)} targets met.",
+        "",
+        *environment,
+        "- load average (1, 5, 15 min): " + "; ".join(f"{when} {load}" for when, load in loads),
+        "- full reports: `bench/results/consumer.md`, `bench/results/publish.md`",
+    ]
+    text = render(rows, sections, header)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(text)
+    bench_consumer.log(f"written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
