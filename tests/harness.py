@@ -66,12 +66,16 @@ class Worker:
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
+    #: the ``-A`` app of the worker and the environment variable naming its queue
+    app_module = "tests.apps.workerapp"
+    queue_env = "RELIABLE_TEST_QUEUE"
+
     def start(self, wait: bool = True) -> Worker:
         cmd = [
-            PYTHON, "-m", "celery", "-A", "tests.apps.workerapp", "worker", "-P", "prefork",
+            PYTHON, "-m", "celery", "-A", self.app_module, "worker", "-P", "prefork",
             "-c", str(self.concurrency), "-l", "info", "-n", f"{self.name}@%h",
             "--without-heartbeat", "--without-mingle", "--without-gossip",
-            "-Q", self.env["RELIABLE_TEST_QUEUE"],
+            "-Q", self.env[self.queue_env],
             *self.extra,
         ]  # fmt: skip
         self._offset = self.log.stat().st_size if self.log.exists() else 0

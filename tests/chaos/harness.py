@@ -101,21 +101,8 @@ def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 class ChaosWorker(Worker):
     """A prefork ``celery worker`` of ``tests.chaos.app`` on the run's queue."""
 
-    def start(self, wait: bool = True) -> ChaosWorker:
-        cmd = [
-            PYTHON, "-m", "celery", "-A", "tests.chaos.app", "worker", "-P", "prefork",
-            "-c", str(self.concurrency), "-l", "info", "-n", f"{self.name}@%h",
-            "--without-heartbeat", "--without-mingle", "--without-gossip", "-Q", self.env["CHAOS_QUEUE"],
-            *self.extra,
-        ]  # fmt: skip
-        self._offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        if wait:
-            self.wait_ready()
-        return self
+    app_module = "tests.chaos.app"
+    queue_env = "CHAOS_QUEUE"
 
 
 @dataclass
