@@ -971,7 +971,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-single", type=int, default=2000, help="messages per variant of publish() vs apply_async")
     parser.add_argument("--n-outbox", type=int, default=500, help="outbox messages timed")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median reported)")
-    parser.add_argument("--batch", type=int, default=500, help="relay batch size")
+    parser.add_argument("--batch", type=int, default=2000, help="relay batch size (default: the setting's default)")
     parser.add_argument("--block", type=int, default=250, help="interleaving block of the single-message loops")
     parser.add_argument(
         "--claim-sizes", default="1000,10000,100000", help="pending table sizes (e.g. up to 1000000); empty: skip"

@@ -160,8 +160,11 @@ class ReliableSettings:
         ),
     )
     relay_batch_size: int = field(
-        default=500,
-        metadata=_doc("Pending rows claimed and published per batch by the relay."),
+        default=2000,
+        metadata=_doc(
+            "Pending rows claimed and published per batch by the relay (on Redis one pipeline, on RabbitMQ "
+            "one wait for confirms per batch)."
+        ),
     )
     relay_time_limit: float = field(
         default=30.0,
