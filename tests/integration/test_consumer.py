@@ -121,14 +121,16 @@ def test_idempotent_task_delivered_twice_has_one_effect(scenario: Scenario) -> N
 
 def test_whole_worker_killed_messages_complete_after_restart(scenario: Scenario) -> None:
     # Given a worker holding a running task and prefetched ones, with a short redelivery timeout
-    first = scenario.worker("w1", concurrency=2, RELIABLE_TEST_VT="6", RELIABLE_TEST_RESTORE="1")
+    # (RELIABLE_TEST_FAULT_VT: reliable_visibility_timeout would be raised above t.hang's time limit)
+    short = {"RELIABLE_TEST_FAULT_VT": "6", "RELIABLE_TEST_RESTORE": "1"}
+    first = scenario.worker("w1", concurrency=2, **short)
     keys = [f"slow-{i}" for i in range(6)]
     for key in keys:
         scenario.send("t.slow", key, 2.0, task_id=key)
     wait_for(lambda: "Task t.slow" in first.output(), 20, what="a task started")
     # When the whole worker (main process and pool) is SIGKILLed and a new one started
     first.kill()
-    scenario.worker("w2", concurrency=2, RELIABLE_TEST_VT="6", RELIABLE_TEST_RESTORE="1")
+    scenario.worker("w2", concurrency=2, **short)
     # Then every message completes within a bounded time
     wait_for(lambda: all(scenario.db.counts().effect(k) >= 1 for k in keys), 90, what="all slow tasks done")
     scenario.wait_empty()

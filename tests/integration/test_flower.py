@@ -180,9 +180,17 @@ def env(request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest
         flower.wait_ready()
         secured.wait_ready()
         env = Env(scenario, flower, secured, app)
-        # Flower receives the worker's events: a task it has seen succeed proves it.
-        probe = scenario.send("t.ok", "probe")
-        wait_for(lambda: (env.task_info(probe) or {}).get("state") == "SUCCESS", 60, what="flower sees events")
+        # Flower receives the worker's events: a task it has seen succeed proves it. Events sent
+        # before Flower subscribed are gone (Redis pub/sub), so a new probe goes every few seconds.
+        probes: list[str] = []
+
+        def flower_saw_one() -> bool:
+            if not probes or len(probes) * 5 < time.monotonic() - started:
+                probes.append(scenario.send("t.ok", f"probe-{len(probes)}"))
+            return any((env.task_info(probe) or {}).get("state") == "SUCCESS" for probe in probes)
+
+        started = time.monotonic()
+        wait_for(flower_saw_one, 60, interval=0.5, what="flower sees events")
         yield env
     finally:
         flower.stop()
