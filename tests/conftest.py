@@ -168,7 +168,9 @@ def drop_queue(broker_url: str, queue: str) -> None:
 
         client = redis.Redis.from_url(broker_url)
         try:
-            client.delete(queue, *[f"{queue}\x06\x16{p}" for p in range(10)])
+            # the list, its priority lists, and the binding keys kombu keeps for its exchange
+            bindings = (f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+            client.delete(queue, *[f"{queue}\x06\x16{p}" for p in range(10)], *bindings)
         finally:
             client.close()
         return
