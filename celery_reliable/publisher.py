@@ -543,6 +543,7 @@ class Publisher:
         """
         producer = producer or self.producer
         ctx = ctx or _Context(self.app)
+        built = None
         if producer is self.producer and self.direct_redis():
             built = self.build(name, args, kwargs, task_id, options, ctx)
             found = None if built is None else redis_wire.entry_of(self, name, built)
@@ -550,23 +551,32 @@ class Publisher:
                 entry, queue = found
                 with producer.connection._reraise_as_library_errors():
                     self.declare_once(queue)
-                with producer.connection._reraise_as_library_errors():
                     if not built.ignore_result:
                         ctx.on_task_call(producer, task_id)
                     redis_wire.write(self, [entry], self.wait_replicas, self.wait_timeout)
                 self._add_trail(ctx, task_id, built.ignore_result)
                 return
-        self._send_kombu(name, args, kwargs, task_id, options, producer, ctx)
+        self._send_kombu(name, args, kwargs, task_id, options, producer, ctx, built)
         if self.wait_replicas and self.scheme in REDIS_SCHEMES:
             # kombu wrote on the pool's one connection of this (locked) publisher: WAIT there
             redis_wire.write(self, [], self.wait_replicas, self.wait_timeout)
 
     def _send_kombu(
-        self, name: str, args: Any, kwargs: Any, task_id: str, options: dict[str, Any], producer: Any, ctx: _Context
+        self,
+        name: str,
+        args: Any,
+        kwargs: Any,
+        task_id: str,
+        options: dict[str, Any],
+        producer: Any,
+        ctx: _Context,
+        built: Built | None = None,
     ) -> None:
+        """Publish through kombu; ``built``: the message, if :meth:`build` already made it."""
         timed = options.get("eta") is not None or options.get("expires") is not None
-        built = None if timed or not self.fast else self.build(name, args, kwargs, task_id, options, ctx)
-        if built is None:  # eta/expires: send_task's own conversions
+        if built is None and not timed and self.fast:
+            built = self.build(name, args, kwargs, task_id, options, ctx)
+        if built is None or timed:  # eta/expires: send_task's own conversions
             self._send_task(name, args, kwargs, task_id, options, producer)
             return
         opts = built.opts
