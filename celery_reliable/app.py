@@ -21,9 +21,7 @@ class ReliableCelery(Celery):
 
     task_cls = "celery_reliable.task:ReliableTask"
 
-    def send_task(
-        self, name: str, args: Any = None, kwargs: Any = None, *positional: Any, **options: Any
-    ) -> Any:
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, *positional: Any, **options: Any) -> Any:
         # countdown, eta, ... given by position are rare: Celery's own path takes them as they are
         result = None if positional else maybe_publish(self, name, args, kwargs, options)
         if result is None:

@@ -98,6 +98,14 @@ class ReliableSettings:
         default=10.0,
         metadata=_doc("Redis: seconds between sweeps that give back messages of dead workers."),
     )
+    redis_atomic_fetch: bool = field(
+        default=True,
+        metadata=_doc(
+            "Redis: workers take each message off the queue and record it as unacknowledged in one atomic "
+            "step (a Lua script; Redis 6.2 or later), so a worker killed in between cannot lose it. "
+            "Needs the celery_reliable worker consumer (worker_consumer left at Celery's default)."
+        ),
+    )
     apply_transport_defaults: bool = field(
         default=True,
         metadata=_doc(

@@ -1,9 +1,11 @@
-"""A worker consumer that stores messages Celery would drop before it drops them.
+"""A worker consumer that stores messages Celery would drop before it drops them, and that
+fetches from Redis atomically.
 
 Celery rejects (Redis: deletes) a message whose task name is unknown or which is invalid, and
 acknowledges one it cannot decode. Here the raw message is written to the failed-task table
-first; if that write fails the message goes back to the broker instead. Installed through
-Celery's own ``worker_consumer`` setting when that is left at its default.
+first; if that write fails the message goes back to the broker instead. On Redis, the consuming
+connection uses :mod:`celery_reliable.redis_fetch`. Installed through Celery's own
+``worker_consumer`` setting when that is left at its default.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from celery.worker.consumer import Consumer
 from kombu.message import Message
 
 from . import events
+from .config import get_settings
+from .install import ATOMIC_FETCH_TRANSPORT, atomic_fetch
 from .store.failures import FailureRecord, record_failure
 
 logger = logging.getLogger(__name__)
@@ -86,7 +90,16 @@ class ReliableConsumer(Consumer):
     event_dispatcher: Any  # set by Celery's Events bootstep
     timer: Any
 
+    def connection_for_read(self, heartbeat: float | None = None) -> Any:
+        """The consuming connection; on Redis with the atomic fetch (``reliable_redis_atomic_fetch``)."""
+        if not atomic_fetch(self.app):
+            return super().connection_for_read(heartbeat)
+        connection = self.app.connection_for_read(heartbeat=heartbeat, transport=ATOMIC_FETCH_TRANSPORT)
+        return self.ensure_connected(connection)
+
     def _store_raw(self, message: Message, reason: str, exc: BaseException | None, name: str | None = None) -> bool:
+        if not get_settings(self.app).store_unknown_messages:
+            return True  # Celery's own handling
         try:
             failure = raw_record(message, reason, exc, name)
             row_id = record_failure(self.app, failure)

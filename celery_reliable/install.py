@@ -28,6 +28,8 @@ AMQP_CONSUMER_TIMEOUT = 1800.0
 TIME_LIMIT_MARGIN = 60.0
 
 REDIS_SCHEMES = ("redis", "rediss", "sentinel", "socket")
+#: The worker's consuming transport when ``reliable_redis_atomic_fetch`` is on (redis_fetch.py).
+ATOMIC_FETCH_TRANSPORT = "celery_reliable.redis_fetch:Transport"
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 
 _installed: weakref.WeakSet[Celery] = weakref.WeakSet()
@@ -38,6 +40,8 @@ _owns_visibility: weakref.WeakSet[Celery] = weakref.WeakSet()
 def broker_scheme(app: Celery) -> str:
     """The transport name of the app's broker (``redis``, ``amqp``, ``memory``...)."""
     transport = app.conf.broker_transport
+    if transport == ATOMIC_FETCH_TRANSPORT:
+        return "redis"
     if transport:
         return str(transport).split(":")[0].split("+")[0].lower()
     raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
@@ -55,7 +59,8 @@ def install(app: Celery) -> ReliableSettings:
     _installed.add(app)
     if settings.apply_transport_defaults:
         _apply_transport_defaults(app, settings)
-    if settings.store_unknown_messages and app.conf.worker_consumer == DEFAULT_CONSUMER:
+    wants_consumer = settings.store_unknown_messages or settings.redis_atomic_fetch
+    if wants_consumer and app.conf.worker_consumer == DEFAULT_CONSUMER:
         app.conf.worker_consumer = RELIABLE_CONSUMER
     _schedule_cleanup(app, settings)
     from .bootstep import ReliableWorkerStep
@@ -96,6 +101,47 @@ def fit_visibility_timeout(app: Celery, time_limit: float | None) -> None:
     if float(options.get("visibility_timeout", 0)) < needed:
         options["visibility_timeout"] = needed
         app.conf.broker_transport_options = options
+
+
+def atomic_fetch(app: Celery) -> bool:
+    """True when the app's workers fetch from Redis with :mod:`celery_reliable.redis_fetch`."""
+    return atomic_fetch_off(app) is None
+
+
+def atomic_fetch_off(app: Celery) -> str | None:
+    """Why the app's workers do not fetch atomically from Redis, or None when they do.
+
+    Only for a plain ``redis://`` broker on kombu's own Redis transport (not Sentinel, TLS or a
+    transport chosen with ``broker_transport``), and only through the celery_reliable consumer.
+    """
+    if app not in _installed:
+        return "celery_reliable is not installed on this app (no ReliableTask)"
+    if not get_settings(app).redis_atomic_fetch:
+        return "reliable_redis_atomic_fetch is False"
+    if app.conf.broker_transport not in (None, "", "redis", ATOMIC_FETCH_TRANSPORT):
+        return f"broker_transport is {app.conf.broker_transport!r}"
+    if not _is_reliable_consumer(app.conf.worker_consumer):
+        return f"worker_consumer {app.conf.worker_consumer!r} is not celery_reliable's ReliableConsumer"
+    raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
+    urls = [str(url).strip() for url in (raw if isinstance(raw, list | tuple) else str(raw).split(";"))]
+    other = [url.split("://", 1)[0] for url in urls if not url.startswith("redis://")]
+    if not urls or other:
+        return f"only redis:// broker URLs are supported, not {', '.join(sorted(set(other))) or 'none'}://"
+    return None
+
+
+def _is_reliable_consumer(consumer: Any) -> bool:
+    """A user's own consumer built on ours keeps the atomic fetch."""
+    from .consumer import ReliableConsumer
+
+    if isinstance(consumer, str):
+        try:
+            from kombu.utils.imports import symbol_by_name
+
+            consumer = symbol_by_name(consumer)
+        except Exception:
+            return False
+    return isinstance(consumer, type) and issubclass(consumer, ReliableConsumer)
 
 
 def visibility_timeout(app: Celery) -> float | None:

@@ -145,9 +145,7 @@ def replay(
         raise ReplayError(f"failed task {row.id} could not be sent: {exc}") from exc
     finish_replay(app, row.id, sent=True)
     logger.info("Failed task %d (%s[%s]) replayed as %s", row.id, row.task_name, row.task_id, new_id)
-    events.send_from_app(
-        app, events.REPLAYED, new_id, name=row.task_name, failure_id=row.id, original_id=row.task_id
-    )
+    events.send_from_app(app, events.REPLAYED, new_id, name=row.task_name, failure_id=row.id, original_id=row.task_id)
     return ReplayResult(row.id, row.task_name, new_id, sent=True)
 
 

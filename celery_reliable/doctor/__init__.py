@@ -14,7 +14,7 @@ from celery import Celery
 
 from ..config import get_settings
 from ..exceptions import ImproperlyConfigured
-from ..install import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme
+from ..install import AMQP_SCHEMES, REDIS_SCHEMES, atomic_fetch_off, broker_scheme
 from . import beat, celery_settings, rabbitmq, redis, store, timeouts
 from .result import Report, Result, Status
 from .tasks import TaskFacts, task_facts
@@ -73,7 +73,7 @@ def _broker(app: Celery) -> list[Result]:
         try:
             if scheme in REDIS_SCHEMES:
                 wait_replicas = int(getattr(get_settings(app), "redis_wait_replicas", 0))
-                results += redis.run(channel.client, wait_replicas)
+                results += redis.run(channel.client, wait_replicas, atomic_fetch_off(app))
             else:
                 results += rabbitmq.run(app, connection.connection)
         except Exception as exc:  # the connection dropped mid-way, a command refused: report, go on

@@ -43,7 +43,7 @@ def read_facts(client: Any) -> RedisFacts:
         facts.config = config
     except ResponseError as exc:  # unknown command (renamed away) or NOPERM (ACL)
         facts.refused = str(exc)
-    for section in ("persistence", "memory", "replication"):
+    for section in ("server", "persistence", "memory", "replication"):
         try:
             facts.info.update(client.info(section))
         except ResponseError:
@@ -212,7 +212,39 @@ def check_replicas(facts: RedisFacts, wait_replicas: int = 0) -> Result:
     return Result("redis.replicas", Status.PASS, f"{count} connected replica(s); {waits}")
 
 
-def run(client: Any, wait_replicas: int = 0) -> list[Result]:
+def check_fetch(facts: RedisFacts, fetch_off: str | None) -> Result:
+    """kombu's own fetch takes a message (BRPOP) and records it as unacknowledged in a second
+    round trip: a worker killed in between loses it. ``fetch_off`` says why the atomic fetch is off."""
+    from ..redis_fetch import MIN_REDIS, version_tuple
+
+    loses = (
+        "workers take each message with kombu's BRPOP and record it as unacknowledged in a second round trip: "
+        "a worker killed between the two loses that message (measured: 2 of 1200 in 6 whole-worker kills)"
+    )
+    if fetch_off is not None:
+        return Result(
+            "redis.fetch",
+            Status.WARN,
+            f"{loses}; the atomic fetch is off: {fetch_off}",
+            "use ReliableTask with reliable_redis_atomic_fetch = True (the default), a redis:// broker URL "
+            "and Celery's default worker_consumer (or a subclass of celery_reliable.consumer.ReliableConsumer)",
+        )
+    version = _info_text(facts, "redis_version")
+    if version is not None and version_tuple(version) < MIN_REDIS:
+        return Result(
+            "redis.fetch",
+            Status.WARN,
+            f"{loses}; Redis {version} has no BLMOVE, so the atomic fetch falls back to it",
+            "upgrade Redis to 6.2 or later",
+        )
+    return Result(
+        "redis.fetch",
+        Status.PASS,
+        "workers take each message and record it as unacknowledged in one atomic step (reliable_redis_atomic_fetch)",
+    )
+
+
+def run(client: Any, wait_replicas: int = 0, fetch_off: str | None = None) -> list[Result]:
     """Every Redis check against one server."""
     facts = read_facts(client)
     results = [
@@ -220,5 +252,6 @@ def run(client: Any, wait_replicas: int = 0) -> list[Result]:
         check_appendfsync(facts),
         check_maxmemory_policy(facts),
         check_replicas(facts, wait_replicas),
+        check_fetch(facts, fetch_off),
     ]
     return [r for r in results if r is not None]

@@ -76,6 +76,8 @@ if RELIABLE:
         reliable_publish_retry_backoff=0.05,
         reliable_publish_timeout=2.0,
         reliable_cleanup_interval=None,
+        # off only to show what kombu's own fetch loses (scenario fetch_kill_kombu)
+        reliable_redis_atomic_fetch=os.environ.get("CHAOS_ATOMIC_FETCH", "1") == "1",
         # a database outage outlasts the few quick retries a bug deserves
         reliable_retry_policies={
             "sqlalchemy.exc.OperationalError": {"max_retries": 60, "backoff": 0.2, "backoff_max": 1.0},

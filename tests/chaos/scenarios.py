@@ -8,6 +8,7 @@ minute, and every loop is bounded in rounds and seconds.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -49,6 +50,21 @@ def worker_kill(run: Run, kills: int = 3) -> Result:
         worker = run.kill_worker(worker, running)
         _sleep(run, 1.0)
     producer.wait(120)
+    return run.finish()
+
+
+def fetch_kill(run: Run, count: int = 1200, kills: int = 6) -> Result:
+    """A backlog of short tasks drained as fast as the worker can while the whole worker is
+    SIGKILLed at random moments: with kombu's fetch (BRPOP, then the unacked record in a second
+    round trip) a kill between the two takes a message out of Redis for good."""
+    run.produce(run.messages(count, "chaos.idem", 0.0))
+    worker = run.worker()
+    rng = random.Random()
+    for _ in bounded(kills, 90)():
+        _sleep(run, rng.uniform(0.3, 1.2))
+        if run.broker.ready_count(run.queue) == 0:
+            break
+        worker = run.kill_worker(worker)
     return run.finish()
 
 
@@ -178,6 +194,9 @@ PLAIN = [("plain_default", "apply_async"), ("plain_tuned", "apply_async")]
 BOTH = ("redis", "rabbitmq")
 SCENARIOS: dict[str, Scenario] = {
     "worker_kill": (worker_kill, {}, [("reliable", "publish"), *PLAIN], BOTH),
+    "fetch_kill": (fetch_kill, {}, [("reliable", "publish"), *PLAIN], ("redis",)),
+    # ReliableTask with reliable_redis_atomic_fetch off: what kombu's fetch alone loses
+    "fetch_kill_kombu": (fetch_kill, {"env": {"CHAOS_ATOMIC_FETCH": "0"}}, [("reliable", "publish")], ("redis",)),
     "child_kill": (child_kill, {}, [("reliable", "publish"), *PLAIN], BOTH),
     "broker_outage": (broker_outage, {"proxy": True}, [("reliable", "publish"), ("reliable", "outbox"), *PLAIN], BOTH),
     "broker_crash_aof": (broker_crash, {"persistent": True}, [("reliable", "publish"), *PLAIN], ("redis",)),

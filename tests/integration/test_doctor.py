@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 from celery import Celery, Task
+from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Connection, Queue
 
+from celery_reliable.consumer import ReliableConsumer
 from celery_reliable.doctor import Report, Status, run_checks
 from celery_reliable.doctor.tasks import task_facts
 from celery_reliable.doctor.timeouts import check_retry_delays, check_time_limits
@@ -213,6 +215,36 @@ def test_replicas_against_reliable_redis_wait_replicas(
 
 
 # -- RabbitMQ -----------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_fetch_without_the_atomic_step_warns_and_says_why(
+    redis_servers: Callable[..., RedisServer], apps: Callable[..., Celery], migrated_sqlite: str
+) -> None:
+    server = redis_servers(persistent=True)
+
+    def fetch(**conf: Any) -> Any:
+        report = run_checks(apps(server.url, migrated_sqlite, **conf))
+        return report.get("redis.fetch")
+
+    assert fetch().status is Status.PASS
+    off = fetch(reliable_redis_atomic_fetch=False)
+    assert off.status is Status.WARN and "reliable_redis_atomic_fetch is False" in off.detail, off
+    assert "BRPOP" in off.detail and "reliable_redis_atomic_fetch = True" in off.fix
+    own = fetch(worker_consumer="celery.worker.consumer:Consumer")  # Celery's own, chosen explicitly
+    assert own.status is Status.PASS  # the default is replaced: indistinguishable from left alone
+    custom = fetch(worker_consumer="tests.integration.test_doctor:OwnConsumer")
+    assert custom.status is Status.WARN and "OwnConsumer" in custom.detail, custom
+    derived = fetch(worker_consumer="tests.integration.test_doctor:DerivedConsumer")
+    assert derived.status is Status.PASS, derived
+
+
+class OwnConsumer(CeleryConsumer):
+    """A user's own worker consumer (not built on celery_reliable's)."""
+
+
+class DerivedConsumer(ReliableConsumer):
+    """A user's own worker consumer built on celery_reliable's: keeps the atomic fetch."""
 
 
 @pytest.fixture

@@ -1,0 +1,183 @@
+"""Atomic fetch for kombu's Redis transport: a message is never out of Redis while a worker holds it.
+
+kombu takes a message with ``BRPOP`` and records it as unacknowledged (``HSET unacked`` +
+``ZADD unacked_index``) in a second round trip. A worker killed between the two has taken the
+message off the queue without leaving any trace of it: no visibility timeout can bring it back.
+
+Here the worker waits with ``BLMOVE key key RIGHT RIGHT`` (the message stays where it is: moved
+from the tail to the tail) and, pipelined behind it, a Lua script takes the message *and*
+records it as unacknowledged in one atomic step. The record is byte for byte what kombu's
+``QoS.append`` writes, so kombu's own ack, reject, restore and visibility-timeout sweep handle it
+unchanged; ``QoS.append`` rewrites it with the delivery time as usual.
+
+Only the worker's consuming connection uses this transport (see
+:meth:`celery_reliable.consumer.ReliableConsumer.connection_for_read`); producers, Flower and the
+CLI keep the plain ``redis://`` transport. It needs Redis 6.2 or later (``BLMOVE``) and scripts
+allowed; otherwise it logs why and fetches the way kombu does.
+"""
+
+from __future__ import annotations
+
+import logging
+from queue import Empty
+from time import monotonic, time
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils.json import loads
+from redis.exceptions import NoScriptError
+
+logger = logging.getLogger(__name__)
+
+#: This module's transport, as Celery/kombu name it.
+TRANSPORT = "celery_reliable.redis_fetch:Transport"
+#: Oldest Redis with ``BLMOVE``.
+MIN_REDIS = (6, 2)
+#: Wait while idle when messages may arrive on a key other than the one waited on (several queues,
+#: or priorities in use): such a message is taken within this many seconds.
+SHORT_WAIT = 0.1
+#: How long a message seen on another key keeps the short wait on.
+SHORT_WAIT_FOR = 60.0
+
+#: KEYS: the queue lists in the order to take from, then the unacked hash and the unacked index.
+#: ARGV[1]: the time to index the delivery under. Returns {key number, message, recorded 0/1} or nil.
+#: The hash value is built around the raw message text (never re-encoded), exactly as
+#: ``json.dumps([message, exchange, routing_key])`` would.
+TAKE_SCRIPT = """
+local n = #KEYS - 2
+for i = 1, n do
+  local raw = redis.call('RPOP', KEYS[i])
+  if raw then
+    local ok, msg = pcall(cjson.decode, raw)
+    if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
+      local props = msg.properties
+      local info = props.delivery_info
+      local tag = props.delivery_tag
+      if type(tag) == 'string' and type(info) == 'table'
+          and type(info.exchange) == 'string' and type(info.routing_key) == 'string' then
+        redis.call('ZADD', KEYS[n + 2], ARGV[1], tag)
+        redis.call('HSET', KEYS[n + 1], tag,
+          '[' .. raw .. ', ' .. cjson.encode(info.exchange) .. ', ' .. cjson.encode(info.routing_key) .. ']')
+        return {i, raw, 1}
+      end
+    end
+    return {i, raw, 0}
+  end
+end
+return false
+"""
+
+
+#: kombu's Redis channel; its private fetch methods (``_brpop_start``/``_brpop_read``, stable since
+#: kombu 3) are what this module replaces, and the type stubs do not describe them.
+_RedisChannel: Any = kombu_redis.Channel
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split(".")[:2]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+class Channel(_RedisChannel):  # type: ignore[misc]
+    """A Redis channel whose consumer takes and records each message in one atomic step."""
+
+    #: None: not decided yet; True: atomic fetch; False: kombu's BRPOP (old Redis, no scripts).
+    _atomic: bool | None = None
+    _take_sha: str | None = None
+    _fetch_keys: list[tuple[str, str]] | None = None
+    _short_wait_until = 0.0
+
+    def _decide(self) -> bool:
+        """Atomic fetch if this Redis can do it (asked once per channel)."""
+        if self._atomic is None:
+            try:
+                version = str(self.client.info("server").get("redis_version", "0"))
+                if version_tuple(version) < MIN_REDIS:
+                    raise RuntimeError(f"Redis {version} has no BLMOVE (6.2 or later needed)")
+                self._load_script()
+                self._atomic = True
+            except self.connection_errors:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "celery_reliable: atomic fetch is off (%s); a worker killed between taking a message and "
+                    "recording it as unacknowledged loses that message. Use Redis 6.2 or later with scripts allowed.",
+                    exc,
+                )
+                self._atomic = False
+        return self._atomic
+
+    def _load_script(self) -> None:
+        self._take_sha = str(self.client.script_load(TAKE_SCRIPT))
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if not self._decide():
+            super()._brpop_start(timeout)
+            return
+        if self._take_sha is None:  # the server lost its script cache (restart): load it again
+            self._load_script()
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        pairs = [(queue, self._q_for_pri(queue, pri)) for pri in self.priority_steps for queue in queues]
+        prefix = self.global_keyprefix or ""
+        keys = [prefix + key for _, key in pairs]
+        wait = float(timeout or 0)
+        if len(queues) > 1 or monotonic() < self._short_wait_until:
+            wait = min(wait, SHORT_WAIT) if wait else SHORT_WAIT
+        commands = [
+            # returns when the first list has a message (or after the wait) and leaves it there
+            ("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", f"{wait:g}"),
+            (
+                "EVALSHA", self._take_sha, len(keys) + 2, *keys,
+                prefix + self.unacked_key, prefix + self.unacked_index_key, repr(time()),
+            ),
+        ]  # fmt: skip
+        connection = self.client.connection
+        self._fetch_keys = pairs
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()
+        connection.send_packed_command(connection.pack_commands(commands))
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self._atomic:
+            return bool(super()._brpop_read(**options))
+        connection = self.client.connection
+        try:
+            try:
+                connection.read_response()  # BLMOVE: only a wake-up
+                try:
+                    reply = connection.read_response()
+                except NoScriptError:
+                    self._take_sha = None  # nothing was taken; loaded again by the next start
+                    raise Empty() from None
+            except self.connection_errors:
+                # what the script took is recorded as unacknowledged: the sweep gives it back
+                connection.disconnect()
+                raise
+            if not reply:
+                raise Empty()
+            number, item, _recorded = reply
+            assert self._fetch_keys is not None
+            queue = self._fetch_keys[int(number) - 1][0]
+            if int(number) > 1:
+                self._short_wait_until = monotonic() + SHORT_WAIT_FOR
+            self._queue_cycle.rotate(queue)
+            self.connection._deliver(loads(item.decode() if isinstance(item, bytes) else item), queue)
+            return True
+        finally:
+            self._in_poll = None
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`Channel`'s atomic fetch."""
+
+    Channel = Channel

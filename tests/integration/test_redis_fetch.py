@@ -1,0 +1,186 @@
+"""The atomic Redis fetch (``celery_reliable.redis_fetch``) against private redis-servers.
+
+The loss it closes is shown with kombu's own transport first: a consumer whose connection dies
+after Redis answered its BRPOP, before it recorded the message as unacknowledged, has taken
+the message out of Redis for good. The same moment with the atomic fetch leaves the message in
+kombu's ``unacked`` hash, from where kombu's visibility-timeout sweep gives it back.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+
+from celery_reliable.redis_fetch import TRANSPORT
+from tests.harness import RedisServer, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis]
+
+KOMBU = "redis"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", persistent=False).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _queue(name: str | None = None) -> Queue:
+    name = name or f"fetch-{uuid.uuid4().hex[:8]}"
+    return Queue(name, Exchange(name, type="direct"), routing_key=name, max_priority=9)
+
+
+def _publish(url: str, queue: Queue, bodies: list[Any], priority: int | None = None, **options: Any) -> None:
+    with Connection(url, transport_options=options) as conn:
+        producer = conn.Producer()
+        for body in bodies:
+            producer.publish(
+                body, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue], priority=priority
+            )
+
+
+def _unacked(client: redis.Redis, queue: str, key: str = "unacked") -> dict[str, Any]:
+    """Entries of kombu's unacked hash that belong to ``queue``: tag -> [payload, exchange, routing key]."""
+    entries = {k.decode(): json.loads(v) for k, v in client.hgetall(key).items()}
+    return {tag: entry for tag, entry in entries.items() if entry[2] == queue}
+
+
+def _die_after_the_fetch(url: str, transport: str, queue: Queue, **options: Any) -> None:
+    """A consumer sends its fetch, a message arrives and is taken by Redis, then the consumer's
+    connection dies before it read the reply (what a SIGKILL of the worker does)."""
+    conn = Connection(url, transport=transport, transport_options=options)
+    channel: Any = conn.default_channel
+    conn.Consumer(queue, callbacks=[lambda body, message: None], accept=["json"]).consume()
+    conn.transport.cycle._register_BRPOP(channel)  # what the event loop does on each tick
+    _publish(url, queue, [{"n": 1}], **options)
+    client = redis.Redis.from_url(url)
+    key = options.get("global_keyprefix", "") + queue.name
+    wait_for(lambda: client.llen(key) == 0, 10, interval=0.02, what="the fetch to take the message")
+    time.sleep(0.1)  # the reply is on its way to a consumer that will never read it
+    channel.client.connection.disconnect()
+    conn.release()
+
+
+@pytest.mark.parametrize("transport", [KOMBU, TRANSPORT], ids=["kombu", "atomic"])
+def test_a_consumer_killed_right_after_the_fetch(server: RedisServer, transport: str) -> None:
+    queue = _queue()
+    client = redis.Redis.from_url(server.url)
+    _die_after_the_fetch(server.url, transport, queue)
+
+    parked = _unacked(client, queue.name)
+    assert client.llen(queue.name) == 0
+    if transport == KOMBU:
+        assert parked == {}  # in neither place: no sweep can ever bring it back
+        return
+    # the message is recorded exactly as kombu's QoS.append records it
+    assert len(parked) == 1, parked
+    ((tag, (payload, exchange, routing_key)),) = parked.items()
+    assert payload["properties"]["delivery_tag"] == tag
+    assert (exchange, routing_key) == (queue.exchange.name, queue.routing_key)
+    assert json.loads(base64.b64decode(payload["body"])) == {"n": 1}
+    assert client.zscore("unacked_index", tag) is not None
+
+    # kombu's own visibility-timeout sweep gives it back; it is then delivered once and acked
+    got: list[Any] = []
+    with Connection(server.url, transport=transport, transport_options={"visibility_timeout": 0.5}) as conn:
+        time.sleep(1.0)
+        channel: Any = conn.default_channel
+        channel.qos.restore_visible(num=100)
+        assert client.llen(queue.name) == 1
+
+        def on_message(body: Any, message: Any) -> None:
+            got.append(body)
+            message.ack()
+
+        with conn.Consumer(queue, callbacks=[on_message], accept=["json"]):
+            conn.drain_events(timeout=5)
+    assert got == [{"n": 1}]
+    assert _unacked(client, queue.name) == {} and client.zcard("unacked_index") == 0
+
+
+def test_several_queues_and_priorities_are_all_taken_atomically(server: RedisServer) -> None:
+    """Messages on another queue or priority than the one waited on are taken within the short wait."""
+    first, second = _queue(), _queue()
+    client = redis.Redis.from_url(server.url)
+    got: list[tuple[str, Any]] = []
+    with Connection(server.url, transport=TRANSPORT) as conn:
+        channel: Any = conn.default_channel
+
+        def on_message(body: Any, message: Any) -> None:
+            # recorded before it reached the consumer (QoS.append rewrites the same entry)
+            assert message.delivery_tag in {k.decode() for k in client.hkeys("unacked")}
+            got.append((message.delivery_info["routing_key"], body))
+            message.ack()
+
+        with conn.Consumer([first, second], callbacks=[on_message], accept=["json"]):
+            _publish(server.url, second, [{"q": 2, "i": i} for i in range(3)])
+            _publish(server.url, first, [{"q": 1, "p": 9}], priority=9)
+            _publish(server.url, first, [{"q": 1, "p": 0}], priority=0)
+            started = time.monotonic()
+            for _ in range(20):
+                if len(got) == 5:
+                    break
+                try:
+                    conn.drain_events(timeout=2)
+                except TimeoutError:
+                    break
+            took = time.monotonic() - started
+    assert sorted(json.dumps(body, sort_keys=True) for _, body in got) == sorted(
+        json.dumps(b, sort_keys=True)
+        for b in [{"q": 2, "i": 0}, {"q": 2, "i": 1}, {"q": 2, "i": 2}, {"q": 1, "p": 9}, {"q": 1, "p": 0}]
+    )
+    assert [body["i"] for rk, body in got if rk == second.routing_key] == [0, 1, 2]  # FIFO kept
+    assert took < 3.0, took
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+    assert channel._atomic is True
+
+
+def test_a_flushed_script_cache_is_loaded_again(server: RedisServer) -> None:
+    """A Redis restart (or SCRIPT FLUSH) empties the script cache: the fetch loads it again."""
+    queue = _queue()
+    client = redis.Redis.from_url(server.url)
+    got: list[Any] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        got.append(body)
+        message.ack()
+
+    with (
+        Connection(server.url, transport=TRANSPORT) as conn,
+        conn.Consumer(queue, callbacks=[on_message], accept=["json"]),
+    ):
+        _publish(server.url, queue, [{"n": 1}])
+        conn.drain_events(timeout=5)
+        client.script_flush()
+        _publish(server.url, queue, [{"n": 2}])
+        for _ in range(5):
+            if len(got) == 2:
+                break
+            try:
+                conn.drain_events(timeout=2)
+            except TimeoutError:
+                continue
+    assert got == [{"n": 1}, {"n": 2}]
+    assert client.llen(queue.name) == 0 and client.hlen("unacked") == 0
+
+
+def test_a_global_key_prefix_is_honoured(server: RedisServer) -> None:
+    queue = _queue()
+    client = redis.Redis.from_url(server.url)
+    _die_after_the_fetch(server.url, TRANSPORT, queue, global_keyprefix="app1:")
+    assert client.llen(f"app1:{queue.name}") == 0
+    assert len(_unacked(client, queue.name, key="app1:unacked")) == 1
+    assert client.zcard("app1:unacked_index") == 1
+    assert not client.exists("unacked")

@@ -1,0 +1,73 @@
+"""When the atomic Redis fetch turns itself off (pure logic; the fetch itself is tested against
+real redis-servers in tests/integration/test_redis_fetch.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError, NoPermissionError
+
+from celery_reliable.redis_fetch import Channel, version_tuple
+
+
+class FakeClient:
+    def __init__(self, version: str, script: BaseException | None = None) -> None:
+        self.version = version
+        self.script = script
+        self.loads = 0
+
+    def info(self, section: str) -> dict[str, Any]:
+        assert section == "server"
+        return {"redis_version": self.version}
+
+    def script_load(self, text: str) -> str:
+        if self.script is not None:
+            raise self.script
+        self.loads += 1
+        return "0" * 40
+
+
+def _channel(client: FakeClient) -> Any:
+    channel: Any = Channel.__new__(Channel)
+    channel.__dict__["client"] = client
+    channel.connection_errors = (ConnectionError,)
+    return channel
+
+
+def test_versions_compare_on_major_and_minor() -> None:
+    assert version_tuple("7.0.15") == (7, 0)
+    assert version_tuple("6.2.0") >= (6, 2) > version_tuple("6.0.20")
+    assert version_tuple("7.2.4-valkey") == (7, 2)
+
+
+def test_redis_with_blmove_and_scripts_fetches_atomically() -> None:
+    client = FakeClient("7.0.15")
+    channel = _channel(client)
+    assert channel._decide() is True
+    assert channel._decide() is True and client.loads == 1  # decided once
+
+
+@pytest.mark.parametrize(
+    "client,reason",
+    [
+        (FakeClient("6.0.9"), "Redis 6.0.9 has no BLMOVE"),
+        (FakeClient("7.0.0", script=NoPermissionError("NOPERM this user has no permissions")), "NOPERM"),
+    ],
+)
+def test_falls_back_to_kombus_fetch_and_says_why(client: FakeClient, reason: str, caplog: Any) -> None:
+    with caplog.at_level(logging.WARNING, logger="celery_reliable.redis_fetch"):
+        assert _channel(client)._decide() is False
+    assert reason in caplog.text and "atomic fetch is off" in caplog.text
+
+
+def test_a_broker_down_decides_nothing() -> None:
+    class Down(FakeClient):
+        def info(self, section: str) -> dict[str, Any]:
+            raise ConnectionError("Error 111 connecting")
+
+    channel = _channel(Down("7.0.0"))
+    with pytest.raises(ConnectionError):
+        channel._decide()
+    assert channel._atomic is None  # asked again once the broker answers
