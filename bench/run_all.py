@@ -1,6 +1,6 @@
 """Every benchmark in one run, and one table of ratios against plain Celery measured in it.
 
-    python -m bench.run_all [--quick] [--max-rows 1000000] [--parts consumer,publish]
+    python -m bench.run_all [--quick] [--max-rows 1000000] [--parts consumer,publish,fetch]
 
 (``scripts/bench`` runs it in the project's virtualenv after starting the services.)
 
@@ -13,6 +13,8 @@ Parts, each against plain Celery on the same machine, brokers and database, in t
               ``publish()`` against ``apply_async``, outbox commit -> broker latency, the relay's
               drain rate against its batch size, where its time goes (profile), and the claim's
               cost against the pending table's size (1k -> 1M rows) with its query plan
+    fetch     ``bench.bench_fetch``: a kombu consumer draining Redis with kombu's fetch against
+              the atomic fetch of ``celery_reliable.redis_fetch``
 
 The summary is printed and written to ``bench/results/summary.md``; each part's full report
 to ``bench/results/consumer.md`` and ``bench/results/publish.md`` (the directory is git-ignored).
@@ -32,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import bench_consumer, bench_publish
+from bench import bench_consumer, bench_fetch, bench_publish
 from bench.bench_memory import MemoryProbe, mib
 from bench.bench_memory import report_table as memory_table
 
@@ -54,6 +56,9 @@ PUBLISH = {
         "--batch-sizes", "100,500,2000,5000", "--claim-backlog", "10000", "--claim-repeats", "7",
     ],
 }  # fmt: skip
+FETCH = {"quick": ["--n", "3000", "--runs", "1"], "full": ["--n", "20000", "--runs", "3"]}
+#: The atomic fetch may cost a consumer at most this share of kombu's fetch rate.
+FETCH_TARGET = 0.85
 CLAIM_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 #: The claim of the largest table may cost at most this many times the claim of the smallest.
 CLAIM_GROWTH_LIMIT = 2.0
@@ -251,6 +256,21 @@ def publish_rows(res: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def fetch_rows(results: dict[str, list[bench_fetch.Run]]) -> list[Row]:
+    kombu, atomic = (bench_fetch.median_run(results[v]) for v in ("kombu", "atomic"))
+    ratio = atomic.rate / kombu.rate
+    return [
+        Row(
+            f"Redis fetch: one kombu consumer takes, records and acks N = {atomic.count:,} messages",
+            f"atomic: {atomic.rate:,.0f} msg/s",
+            f"kombu's BRPOP fetch: {kombu.rate:,.0f} msg/s",
+            f"{ratio:.2f}x",
+            f"≥ {FETCH_TARGET:.2f}x",
+            ratio >= FETCH_TARGET,
+        )
+    ]
+
+
 def render(rows: list[Row], sections: list[str], header: list[str]) -> str:
     lines = [
         *header,
@@ -270,16 +290,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-rows", type=int, default=None,
         help="largest pending table of the claim measurement (default: 1,000,000 full, 10,000 quick)",
     )  # fmt: skip
-    parser.add_argument("--parts", default="consumer,publish", help="consumer, publish or both")
+    parser.add_argument("--parts", default="consumer,publish,fetch", help="any of consumer, publish, fetch")
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument("--output", default=str(RESULTS / "summary.md"))
     args = parser.parse_args(argv)
     args.part_list = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(args.part_list) - {"consumer", "publish"}
+    unknown = set(args.part_list) - {"consumer", "publish", "fetch"}
     if unknown or not args.part_list:
-        parser.error(f"--parts: expected consumer, publish or both, got {args.parts!r}")
+        parser.error(f"--parts: expected any of consumer, publish, fetch, got {args.parts!r}")
     if args.max_rows is None:
         args.max_rows = 10_000 if args.quick else 1_000_000
     if args.max_rows < 1_000:
@@ -330,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
             sections += bench_publish.profile_details(results["profile"], pub_args)
         if "claim" in results:
             sections += bench_publish.claim_details(results["claim"], pub_args)
+    if "fetch" in args.part_list:
+        bench_consumer.log(f"fetch benchmark ({mode})")
+        fetched = bench_fetch.run([*FETCH[mode], "--redis", args.redis])
+        loads.append(("after the fetch part", bench_consumer.loadavg()))
+        rows += fetch_rows(fetched)
+        sections += ["", "## Redis fetch: kombu's against the atomic fetch", "", bench_fetch.report(fetched)]
     minutes = (time.monotonic() - started) / 60
     met = [row.met for row in rows if row.met is not None]
     header = [

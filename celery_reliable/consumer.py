@@ -20,7 +20,7 @@ from kombu.message import Message
 
 from . import events
 from .config import get_settings
-from .install import ATOMIC_FETCH_TRANSPORT, atomic_fetch
+from .install import atomic_fetch
 from .store.failures import FailureRecord, record_failure
 
 logger = logging.getLogger(__name__)
@@ -92,9 +92,10 @@ class ReliableConsumer(Consumer):
 
     def connection_for_read(self, heartbeat: float | None = None) -> Any:
         """The consuming connection; on Redis with the atomic fetch (``reliable_redis_atomic_fetch``)."""
-        if not atomic_fetch(self.app):
+        transport = atomic_fetch(self.app)
+        if transport is None:
             return super().connection_for_read(heartbeat)
-        connection = self.app.connection_for_read(heartbeat=heartbeat, transport=ATOMIC_FETCH_TRANSPORT)
+        connection = self.app.connection_for_read(heartbeat=heartbeat, transport=transport)
         return self.ensure_connected(connection)
 
     def _store_raw(self, message: Message, reason: str, exc: BaseException | None, name: str | None = None) -> bool:

@@ -28,8 +28,12 @@ AMQP_CONSUMER_TIMEOUT = 1800.0
 TIME_LIMIT_MARGIN = 60.0
 
 REDIS_SCHEMES = ("redis", "rediss", "sentinel", "socket")
-#: The worker's consuming transport when ``reliable_redis_atomic_fetch`` is on (redis_fetch.py).
-ATOMIC_FETCH_TRANSPORT = "celery_reliable.redis_fetch:Transport"
+#: The worker's consuming transport when ``reliable_redis_atomic_fetch`` is on (redis_fetch.py), by
+#: broker URL scheme.
+ATOMIC_FETCH_TRANSPORTS = {
+    "redis": "celery_reliable.redis_fetch:Transport",
+    "sentinel": "celery_reliable.redis_fetch:SentinelTransport",
+}
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 
 _installed: weakref.WeakSet[Celery] = weakref.WeakSet()
@@ -40,8 +44,8 @@ _owns_visibility: weakref.WeakSet[Celery] = weakref.WeakSet()
 def broker_scheme(app: Celery) -> str:
     """The transport name of the app's broker (``redis``, ``amqp``, ``memory``...)."""
     transport = app.conf.broker_transport
-    if transport == ATOMIC_FETCH_TRANSPORT:
-        return "redis"
+    if transport in ATOMIC_FETCH_TRANSPORTS.values():
+        return "sentinel" if "Sentinel" in str(transport) else "redis"
     if transport:
         return str(transport).split(":")[0].split("+")[0].lower()
     raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
@@ -103,30 +107,39 @@ def fit_visibility_timeout(app: Celery, time_limit: float | None) -> None:
         app.conf.broker_transport_options = options
 
 
-def atomic_fetch(app: Celery) -> bool:
-    """True when the app's workers fetch from Redis with :mod:`celery_reliable.redis_fetch`."""
-    return atomic_fetch_off(app) is None
+def atomic_fetch(app: Celery) -> str | None:
+    """The transport the app's workers consume Redis with (:mod:`celery_reliable.redis_fetch`),
+    or None when they fetch the way kombu does."""
+    if atomic_fetch_off(app) is not None:
+        return None
+    return ATOMIC_FETCH_TRANSPORTS[_url_schemes(app).pop()]
+
+
+def _url_schemes(app: Celery) -> set[str]:
+    raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
+    urls = [str(url).strip() for url in (raw if isinstance(raw, list | tuple) else str(raw).split(";"))]
+    return {url.split("://", 1)[0].lower() if "://" in url else "" for url in urls if url}
 
 
 def atomic_fetch_off(app: Celery) -> str | None:
     """Why the app's workers do not fetch atomically from Redis, or None when they do.
 
-    Only for a plain ``redis://`` broker on kombu's own Redis transport (not Sentinel, TLS or a
-    transport chosen with ``broker_transport``), and only through the celery_reliable consumer.
+    Only for ``redis://`` and ``sentinel://`` broker URLs on kombu's own Redis transports (not
+    TLS, Unix sockets or a transport chosen with ``broker_transport``), and only through the
+    celery_reliable consumer.
     """
     if app not in _installed:
         return "celery_reliable is not installed on this app (no ReliableTask)"
     if not get_settings(app).redis_atomic_fetch:
         return "reliable_redis_atomic_fetch is False"
-    if app.conf.broker_transport not in (None, "", "redis", ATOMIC_FETCH_TRANSPORT):
+    if app.conf.broker_transport not in (None, "", "redis", "sentinel", *ATOMIC_FETCH_TRANSPORTS.values()):
         return f"broker_transport is {app.conf.broker_transport!r}"
     if not _is_reliable_consumer(app.conf.worker_consumer):
         return f"worker_consumer {app.conf.worker_consumer!r} is not celery_reliable's ReliableConsumer"
-    raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
-    urls = [str(url).strip() for url in (raw if isinstance(raw, list | tuple) else str(raw).split(";"))]
-    other = [url.split("://", 1)[0] for url in urls if not url.startswith("redis://")]
-    if not urls or other:
-        return f"only redis:// broker URLs are supported, not {', '.join(sorted(set(other))) or 'none'}://"
+    schemes = _url_schemes(app)
+    if len(schemes) != 1 or not schemes <= set(ATOMIC_FETCH_TRANSPORTS):
+        shown = ", ".join(f"{scheme or '?'}://" for scheme in sorted(schemes)) or "no URL"
+        return f"only redis:// or sentinel:// broker URLs are supported (one kind), not {shown}"
     return None
 
 

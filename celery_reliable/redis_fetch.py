@@ -29,8 +29,9 @@ from redis.exceptions import NoScriptError
 
 logger = logging.getLogger(__name__)
 
-#: This module's transport, as Celery/kombu name it.
+#: This module's transports, as Celery/kombu name them: for redis:// and for sentinel:// URLs.
 TRANSPORT = "celery_reliable.redis_fetch:Transport"
+SENTINEL_TRANSPORT = "celery_reliable.redis_fetch:SentinelTransport"
 #: Oldest Redis with ``BLMOVE``.
 MIN_REDIS = (6, 2)
 #: Wait while idle when messages may arrive on a key other than the one waited on (several queues,
@@ -68,9 +69,10 @@ return false
 """
 
 
-#: kombu's Redis channel; its private fetch methods (``_brpop_start``/``_brpop_read``, stable since
-#: kombu 3) are what this module replaces, and the type stubs do not describe them.
+#: kombu's Redis channels; their private fetch methods (``_brpop_start``/``_brpop_read``, stable
+#: since kombu 3) are what this module replaces, and the type stubs do not describe them.
 _RedisChannel: Any = kombu_redis.Channel
+_SentinelChannel: Any = kombu_redis.SentinelChannel
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -81,8 +83,23 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-class Channel(_RedisChannel):  # type: ignore[misc]
-    """A Redis channel whose consumer takes and records each message in one atomic step."""
+class AtomicFetch:
+    """Takes and records each message in one atomic step; mixed into kombu's Redis channels."""
+
+    # provided by kombu's channel
+    client: Any
+    connection: Any
+    connection_errors: tuple[type[BaseException], ...]
+    active_queues: Any
+    _queue_cycle: Any
+    _q_for_pri: Any
+    priority_steps: Any
+    global_keyprefix: str
+    unacked_key: str
+    unacked_index_key: str
+    brpop_timeout: float
+    _in_poll: Any
+    _brpop_sent_at: float | None
 
     #: None: not decided yet; True: atomic fetch; False: kombu's BRPOP (old Redis, no scripts).
     _atomic: bool | None = None
@@ -115,7 +132,7 @@ class Channel(_RedisChannel):  # type: ignore[misc]
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self._decide():
-            super()._brpop_start(timeout)
+            super()._brpop_start(timeout)  # type: ignore[misc]
             return
         if self._take_sha is None:  # the server lost its script cache (restart): load it again
             self._load_script()
@@ -146,7 +163,7 @@ class Channel(_RedisChannel):  # type: ignore[misc]
 
     def _brpop_read(self, **options: Any) -> bool:
         if not self._atomic:
-            return bool(super()._brpop_read(**options))
+            return bool(super()._brpop_read(**options))  # type: ignore[misc]
         connection = self.client.connection
         try:
             try:
@@ -177,7 +194,21 @@ class Channel(_RedisChannel):  # type: ignore[misc]
                 flush()
 
 
+class Channel(AtomicFetch, _RedisChannel):  # type: ignore[misc]
+    """kombu's Redis channel with the atomic fetch."""
+
+
+class SentinelChannel(AtomicFetch, _SentinelChannel):  # type: ignore[misc]
+    """kombu's Redis Sentinel channel with the atomic fetch."""
+
+
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with :class:`Channel`'s atomic fetch."""
+    """kombu's Redis transport with the atomic fetch (``redis://`` URLs)."""
 
     Channel = Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Redis Sentinel transport with the atomic fetch (``sentinel://`` URLs)."""
+
+    Channel = SentinelChannel

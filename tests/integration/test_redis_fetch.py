@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,8 +22,8 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from celery_reliable.redis_fetch import TRANSPORT
-from tests.harness import RedisServer, wait_for
+from celery_reliable.redis_fetch import SENTINEL_TRANSPORT, TRANSPORT
+from tests.harness import RedisServer, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
@@ -35,6 +37,27 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def sentinel(server: RedisServer, tmp_path: Path) -> Iterator[str]:
+    """A private Redis Sentinel watching ``server`` as master ``reltest``; its URL."""
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\nlogfile {tmp_path / 'sentinel.log'}\n"
+        f"sentinel monitor reltest 127.0.0.1 {server.port} 1\n"
+    )
+    cmd = [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+        wait_for(lambda: client.sentinel_get_master_addr_by_name("reltest"), 20, what="the sentinel")
+        client.close()
+        yield f"sentinel://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def _queue(name: str | None = None) -> Queue:
@@ -57,7 +80,7 @@ def _unacked(client: redis.Redis, queue: str, key: str = "unacked") -> dict[str,
     return {tag: entry for tag, entry in entries.items() if entry[2] == queue}
 
 
-def _die_after_the_fetch(url: str, transport: str, queue: Queue, **options: Any) -> None:
+def _die_after_the_fetch(url: str, transport: str, queue: Queue, data_url: str | None = None, **options: Any) -> None:
     """A consumer sends its fetch, a message arrives and is taken by Redis, then the consumer's
     connection dies before it read the reply (what a SIGKILL of the worker does)."""
     conn = Connection(url, transport=transport, transport_options=options)
@@ -65,7 +88,7 @@ def _die_after_the_fetch(url: str, transport: str, queue: Queue, **options: Any)
     conn.Consumer(queue, callbacks=[lambda body, message: None], accept=["json"]).consume()
     conn.transport.cycle._register_BRPOP(channel)  # what the event loop does on each tick
     _publish(url, queue, [{"n": 1}], **options)
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(data_url or url)
     key = options.get("global_keyprefix", "") + queue.name
     wait_for(lambda: client.llen(key) == 0, 10, interval=0.02, what="the fetch to take the message")
     time.sleep(0.1)  # the reply is on its way to a consumer that will never read it
@@ -184,3 +207,13 @@ def test_a_global_key_prefix_is_honoured(server: RedisServer) -> None:
     assert len(_unacked(client, queue.name, key="app1:unacked")) == 1
     assert client.zcard("app1:unacked_index") == 1
     assert not client.exists("unacked")
+
+
+@pytest.mark.parametrize("transport", ["sentinel", SENTINEL_TRANSPORT], ids=["kombu", "atomic"])
+def test_through_sentinel(server: RedisServer, sentinel: str, transport: str) -> None:
+    """Sentinel URLs (kombu's SentinelTransport) get the same atomic fetch."""
+    queue = _queue()
+    _die_after_the_fetch(sentinel, transport, queue, data_url=server.url, master_name="reltest")
+    client = redis.Redis.from_url(server.url)
+    assert client.llen(queue.name) == 0
+    assert len(_unacked(client, queue.name)) == (0 if transport == "sentinel" else 1)

@@ -4,6 +4,7 @@ real redis-servers in tests/integration/test_redis_fetch.py)."""
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import pytest
@@ -71,3 +72,47 @@ def test_a_broker_down_decides_nothing() -> None:
     with pytest.raises(ConnectionError):
         channel._decide()
     assert channel._atomic is None  # asked again once the broker answers
+
+
+ATOMIC = "celery_reliable.redis_fetch:Transport"
+
+
+def _app(broker: str, **conf: Any) -> Any:
+    from celery import Celery
+
+    from celery_reliable.install import install
+
+    app = Celery(f"fetch_{uuid.uuid4().hex[:8]}", broker=broker)
+    app.conf.update(reliable_database_url="sqlite://", **conf)
+    install(app)
+    return app
+
+
+@pytest.mark.parametrize(
+    "broker,conf,transport",
+    [
+        ("redis://127.0.0.1:6379/0", {}, ATOMIC),
+        ("redis://a:6379/0;redis://b:6379/0", {}, ATOMIC),
+        ("sentinel://a:26379;sentinel://b:26379", {}, "celery_reliable.redis_fetch:SentinelTransport"),
+        ("amqp://guest@localhost//", {}, None),
+        ("rediss://127.0.0.1:6380/0", {}, None),
+        ("redis://127.0.0.1:6379/0", {"reliable_redis_atomic_fetch": False}, None),
+        ("redis://127.0.0.1:6379/0", {"broker_transport": "tests.unit.custom:Transport"}, None),
+        # Celery's default consumer named before install: replaced by ours, like the default
+        ("redis://127.0.0.1:6379/0", {"worker_consumer": "celery.worker.consumer:Consumer"}, ATOMIC),
+    ],
+)
+def test_which_workers_fetch_atomically(broker: str, conf: dict[str, Any], transport: str | None) -> None:
+    from celery_reliable.install import atomic_fetch, atomic_fetch_off
+
+    app = _app(broker, **conf)
+    assert atomic_fetch(app) == transport
+    assert (atomic_fetch_off(app) is None) == (transport is not None)
+
+
+def test_a_users_own_consumer_turns_it_off_with_the_reason() -> None:
+    from celery_reliable.install import atomic_fetch_off
+
+    app = _app("redis://127.0.0.1:6379/0")
+    app.conf.worker_consumer = "celery.worker.consumer:Consumer"  # set after install: the user's choice
+    assert "is not celery_reliable's ReliableConsumer" in str(atomic_fetch_off(app))
