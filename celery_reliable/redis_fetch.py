@@ -4,16 +4,24 @@ kombu takes a message with ``BRPOP`` and records it as unacknowledged (``HSET un
 ``ZADD unacked_index``) in a second round trip. A worker killed between the two has taken the
 message off the queue without leaving any trace of it: no visibility timeout can bring it back.
 
-Here the worker waits with ``BLMOVE key key RIGHT RIGHT`` (the message stays where it is: moved
-from the tail to the tail) and, pipelined behind it, a Lua script takes the message *and*
-records it as unacknowledged in one atomic step. The record is byte for byte what kombu's
-``QoS.append`` writes, so kombu's own ack, reject, restore and visibility-timeout sweep handle it
-unchanged; ``QoS.append`` rewrites it with the delivery time as usual.
+Here one pipelined round trip does both inside Redis:
+
+1. ``BLMOVE queue stage RIGHT LEFT <wait>`` waits for a message and moves it to the queue's
+   *stage* list (``<queue>\\x06\\x16fetch``): one waiting worker per message is woken, as with
+   ``BRPOP``, and the message is still in Redis;
+2. a Lua script, run by Redis right after the ``BLMOVE`` (it is already in the connection's
+   buffer), pops the oldest message of the stage lists, else of the queue lists (priorities in
+   kombu's order), and records it in ``unacked`` in the same atomic step.
+
+A message in a stage list whose worker died before its script ran is taken by the next fetch of
+any worker of that queue, since the script empties the stage lists first. The ``unacked`` record
+is byte for byte what kombu's ``QoS.append`` writes, so kombu's own ack, reject, restore and
+visibility-timeout sweep handle it unchanged; ``QoS.append`` rewrites it with the delivery time.
 
 Only the worker's consuming connection uses this transport (see
 :meth:`celery_reliable.consumer.ReliableConsumer.connection_for_read`); producers, Flower and the
-CLI keep the plain ``redis://`` transport. It needs Redis 6.2 or later (``BLMOVE``) and scripts
-allowed; otherwise it logs why and fetches the way kombu does.
+CLI keep kombu's transport. It needs Redis 6.2 or later (``BLMOVE``) and scripts allowed;
+otherwise it logs why and fetches the way kombu does.
 """
 
 from __future__ import annotations
@@ -39,8 +47,10 @@ MIN_REDIS = (6, 2)
 SHORT_WAIT = 0.1
 #: How long a message seen on another key keeps the short wait on.
 SHORT_WAIT_FOR = 60.0
+#: Suffix of a queue's stage list (after kombu's separator, like its priority lists' numbers).
+STAGE = "fetch"
 
-#: KEYS: the queue lists in the order to take from, then the unacked hash and the unacked index.
+#: KEYS: the lists in the order to take from (stage lists first), then the unacked hash and index.
 #: ARGV[1]: the time to index the delivery under. Returns {key number, message, recorded 0/1} or nil.
 #: The hash value is built around the raw message text (never re-encoded), exactly as
 #: ``json.dumps([message, exchange, routing_key])`` would.
@@ -98,6 +108,8 @@ class AtomicFetch:
     unacked_key: str
     unacked_index_key: str
     brpop_timeout: float
+    sep: str
+    ResponseError: type[Exception]
     _in_poll: Any
     _brpop_sent_at: float | None
 
@@ -106,6 +118,7 @@ class AtomicFetch:
     _take_sha: str | None = None
     _fetch_keys: list[tuple[str, str]] | None = None
     _short_wait_until = 0.0
+    _fetch_waited = 0
 
     def _decide(self) -> bool:
         """Atomic fetch if this Redis can do it (asked once per channel)."""
@@ -130,6 +143,9 @@ class AtomicFetch:
     def _load_script(self) -> None:
         self._take_sha = str(self.client.script_load(TAKE_SCRIPT))
 
+    def _stage(self, queue: str) -> str:
+        return f"{queue}{self.sep}{STAGE}"
+
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self._decide():
             super()._brpop_start(timeout)  # type: ignore[misc]
@@ -141,15 +157,16 @@ class AtomicFetch:
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
-        pairs = [(queue, self._q_for_pri(queue, pri)) for pri in self.priority_steps for queue in queues]
+        pairs = [(queue, self._stage(queue)) for queue in queues]
+        pairs += [(queue, self._q_for_pri(queue, pri)) for pri in self.priority_steps for queue in queues]
         prefix = self.global_keyprefix or ""
         keys = [prefix + key for _, key in pairs]
+        waited = len(queues)  # index of the list BLMOVE waits on: the first queue's main list
         wait = float(timeout or 0)
         if len(queues) > 1 or monotonic() < self._short_wait_until:
             wait = min(wait, SHORT_WAIT) if wait else SHORT_WAIT
         commands = [
-            # returns when the first list has a message (or after the wait) and leaves it there
-            ("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", f"{wait:g}"),
+            ("BLMOVE", keys[waited], keys[0], "RIGHT", "LEFT", f"{wait:g}"),
             (
                 "EVALSHA", self._take_sha, len(keys) + 2, *keys,
                 prefix + self.unacked_key, prefix + self.unacked_index_key, repr(time()),
@@ -157,9 +174,28 @@ class AtomicFetch:
         ]  # fmt: skip
         connection = self.client.connection
         self._fetch_keys = pairs
+        self._fetch_waited = waited
         self._in_poll = connection
         self._brpop_sent_at = monotonic()
         connection.send_packed_command(connection.pack_commands(commands))
+
+    def _read_replies(self, connection: Any) -> Any:
+        """Both replies, always (an error left unread would answer the next command)."""
+        replies: list[Any] = []
+        for _ in range(2):
+            try:
+                replies.append(connection.read_response())
+            except self.ResponseError as exc:
+                replies.append(exc)
+        wake, reply = replies
+        if isinstance(reply, NoScriptError):
+            self._take_sha = None  # nothing was taken (a moved message waits in its stage list)
+            raise Empty()
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(wake, Exception) and not reply:
+            raise wake
+        return reply
 
     def _brpop_read(self, **options: Any) -> bool:
         if not self._atomic:
@@ -167,22 +203,17 @@ class AtomicFetch:
         connection = self.client.connection
         try:
             try:
-                connection.read_response()  # BLMOVE: only a wake-up
-                try:
-                    reply = connection.read_response()
-                except NoScriptError:
-                    self._take_sha = None  # nothing was taken; loaded again by the next start
-                    raise Empty() from None
+                reply = self._read_replies(connection)
             except self.connection_errors:
-                # what the script took is recorded as unacknowledged: the sweep gives it back
+                # what the script took is recorded as unacknowledged, what BLMOVE moved is staged
                 connection.disconnect()
                 raise
             if not reply:
                 raise Empty()
             number, item, _recorded = reply
-            assert self._fetch_keys is not None
-            queue = self._fetch_keys[int(number) - 1][0]
-            if int(number) > 1:
+            pairs = self._fetch_keys or []
+            queue = pairs[int(number) - 1][0]
+            if int(number) - 1 > self._fetch_waited:  # from a list nobody waits on: wait less
                 self._short_wait_until = monotonic() + SHORT_WAIT_FOR
             self._queue_cycle.rotate(queue)
             self.connection._deliver(loads(item.decode() if isinstance(item, bytes) else item), queue)

@@ -217,3 +217,52 @@ def test_through_sentinel(server: RedisServer, sentinel: str, transport: str) ->
     client = redis.Redis.from_url(server.url)
     assert client.llen(queue.name) == 0
     assert len(_unacked(client, queue.name)) == (0 if transport == "sentinel" else 1)
+
+
+def test_a_message_left_in_a_stage_list_is_taken_by_the_next_fetch(server: RedisServer) -> None:
+    """A worker that died after its BLMOVE moved a message and before its script ran leaves the
+    message in the queue's stage list; any worker's next fetch takes it from there."""
+    queue = _queue()
+    client = redis.Redis.from_url(server.url)
+    _publish(server.url, queue, [{"n": 1}])
+    stage = f"{queue.name}\x06\x16fetch"
+    client.lmove(queue.name, stage, "RIGHT", "LEFT")  # what the dead worker's BLMOVE did
+    assert (client.llen(queue.name), client.llen(stage)) == (0, 1)
+    got: list[Any] = []
+    with Connection(server.url, transport=TRANSPORT) as conn:
+
+        def on_message(body: Any, message: Any) -> None:
+            got.append(body)
+            message.ack()
+
+        with conn.Consumer(queue, callbacks=[on_message], accept=["json"]):
+            conn.drain_events(timeout=5)
+    assert got == [{"n": 1}]
+    assert client.llen(stage) == 0 and client.hlen("unacked") == 0
+
+
+def test_one_message_wakes_one_idle_consumer(server: RedisServer) -> None:
+    """Idle consumers wait in BLMOVE, which wakes one of them per message, as BRPOP does."""
+    queue = _queue()
+    client = redis.Redis.from_url(server.url)
+    consumers: list[tuple[Connection, Any]] = []
+    channel: Any
+    try:
+        for _ in range(5):  # each waits up to 10 s at a time
+            conn = Connection(server.url, transport=TRANSPORT, transport_options={"polling_interval": 10})
+            channel: Any = conn.default_channel
+            conn.Consumer(queue, callbacks=[lambda body, message: message.ack()], accept=["json"]).consume()
+            conn.transport.cycle._register_BRPOP(channel)  # each one now waits in BLMOVE
+            consumers.append((conn, channel))
+        wait_for(lambda: int(client.info("clients")["blocked_clients"]) == 5, 10, what="5 consumers waiting")
+        before = int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        _publish(server.url, queue, [{"n": 1}])
+        wait_for(lambda: int(client.info("clients")["blocked_clients"]) == 4, 10, what="one consumer woken")
+        time.sleep(0.3)
+        calls = int(client.info("commandstats")["cmdstat_evalsha"]["calls"]) - before
+        assert calls == 1, f"{calls} consumers ran the take script for one message"
+        assert len(_unacked(client, queue.name)) == 1  # taken and recorded, not yet read
+    finally:
+        for conn, channel in consumers:
+            channel.client.connection.disconnect()  # not waiting out the BLMOVEs; nothing is lost
+            conn.release()
