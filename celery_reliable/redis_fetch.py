@@ -47,7 +47,7 @@ MIN_REDIS = (6, 2)
 SHORT_WAIT = 0.1
 #: How long a message seen on another key keeps the short wait on.
 SHORT_WAIT_FOR = 60.0
-#: Suffix of a queue's stage list (after kombu's separator, like its priority lists' numbers).
+#: Suffix of a queue's stage list (after kombu's separator, like its priority lists' numbers): see stage_list().
 STAGE = "fetch"
 
 #: KEYS: the lists in the order to take from (stage lists first), then the unacked hash and index.
@@ -83,6 +83,11 @@ return false
 #: since kombu 3) are what this module replaces, and the type stubs do not describe them.
 _RedisChannel: Any = kombu_redis.Channel
 _SentinelChannel: Any = kombu_redis.SentinelChannel
+
+
+def stage_list(queue: str, sep: str = "\x06\x16") -> str:
+    """The stage list of ``queue``: where a fetch moves a message for an instant (see above)."""
+    return f"{queue}{sep}{STAGE}"
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -144,7 +149,7 @@ class AtomicFetch:
         self._take_sha = str(self.client.script_load(TAKE_SCRIPT))
 
     def _stage(self, queue: str) -> str:
-        return f"{queue}{self.sep}{STAGE}"
+        return stage_list(queue, self.sep)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self._decide():

@@ -140,7 +140,7 @@ def broker_depth(broker_url: str, queue: str) -> tuple[int, int]:
 
         client = redis.Redis.from_url(broker_url)
         try:
-            ready = int(client.llen(queue))
+            ready = int(client.llen(queue)) + int(client.llen(f"{queue}\x06\x16fetch"))  # + the fetch's stage list
             unacked = 0
             for value in client.hvals("unacked"):
                 try:
@@ -170,7 +170,7 @@ def drop_queue(broker_url: str, queue: str) -> None:
         try:
             # the list, its priority lists, and the binding keys kombu keeps for its exchange
             bindings = (f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-            client.delete(queue, *[f"{queue}\x06\x16{p}" for p in range(10)], *bindings)
+            client.delete(queue, *[f"{queue}\x06\x16{p}" for p in (*range(10), "fetch")], *bindings)
         finally:
             client.close()
         return

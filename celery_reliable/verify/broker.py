@@ -11,6 +11,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from ..install import REDIS_SCHEMES, broker_scheme
+from ..redis_fetch import stage_list
 
 #: Bound on the HSCAN rounds over Redis's ``unacked`` hash (1000 entries a round).
 SCAN_ROUNDS = 10_000
@@ -68,7 +69,9 @@ def depth(app: Celery, queue: str) -> tuple[int, int]:
         channel: Any = conn.default_channel
         if is_redis(app):
             client = channel.client
-            ready = sum(int(client.llen(channel._q_for_pri(queue, pri))) for pri in channel.priority_steps)
+            lists = [channel._q_for_pri(queue, pri) for pri in channel.priority_steps]
+            lists.append(stage_list(queue, channel.sep))  # a message moved by a fetch whose worker died
+            ready = sum(int(client.llen(name)) for name in lists)
             return ready, len(_unacked_tags(channel, queue))
         try:
             _name, count, _consumers = channel.queue_declare(queue=queue, passive=True)
@@ -87,6 +90,7 @@ def delete_queue(app: Celery, queue: str) -> None:
             for tag in _unacked_tags(channel, queue):
                 client.zrem(channel.unacked_index_key, tag)
                 client.hdel(channel.unacked_key, tag)
+            client.delete(stage_list(queue, channel.sep))
             bound.declare()  # kombu deletes the lists and the bindings this channel declared
             bound.delete()  # (on Redis an exchange is nothing but its binding keys)
             return

@@ -40,6 +40,7 @@ from tests.conftest import drop_queue, unique_queue
 
 pytestmark = pytest.mark.integration
 
+
 def now() -> datetime:
     """The time now (not at collection: the suite runs for minutes)."""
     return datetime.now(timezone.utc)

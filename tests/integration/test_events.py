@@ -62,9 +62,7 @@ def test_failure_stored_event_follows_task_failed(scenario: Scenario) -> None:
 
 
 @pytest.mark.redis
-def test_relay_resends_are_events_flower_counts(
-    redis_url: str, sqlite_db: str, request: pytest.FixtureRequest
-) -> None:
+def test_relay_resends_are_events_flower_counts(redis_url: str, sqlite_db: str, request: pytest.FixtureRequest) -> None:
     from celery_reliable import publish, relay_once
     from tests.conftest import unique_queue
     from tests.integration.test_publish import close_app, dead_broker, drop_everything, make_app, migrated

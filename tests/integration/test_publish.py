@@ -260,6 +260,7 @@ def test_corrupt_pending_rows_become_invalid_and_the_others_are_sent(
     results = [publish(down, "t.ok", [f"corrupt-{i}"]) for i in range(6)]
     assert [r.sent for r in results] == [False] * 6
     ids = [r.pending_id for r in results]
+
     # and four of them corrupted in the database (by hand: the message built ahead is dropped too)
     def corrupt(row_id: int, **values: Any) -> None:
         sql(db, update(PendingMessage).where(PendingMessage.id == row_id).values(message=None, **values))

@@ -57,9 +57,7 @@ def test_reliable_celery_tasks_are_reliable_tasks(redis_url: str, sqlite_db: str
         close_app(app)
 
 
-def test_delay_and_send_task_go_through_publish_on_a_healthy_broker(
-    redis_url: str, sqlite_db: str, queue: str
-) -> None:
+def test_delay_and_send_task_go_through_publish_on_a_healthy_broker(redis_url: str, sqlite_db: str, queue: str) -> None:
     app = reliable_app(redis_url, migrated(sqlite_db), queue)
     try:
         by_delay = app.tasks["all.add"].delay(1, 2)
