@@ -219,7 +219,8 @@ def check_fetch(facts: RedisFacts, fetch_off: str | None) -> Result:
 
     loses = (
         "workers take each message with kombu's BRPOP and record it as unacknowledged in a second round trip: "
-        "a worker killed between the two loses that message (measured: 2 of 1200 in 6 whole-worker kills)"
+        "a worker killed between the two loses that message "
+        "(measured: 1-2 of 1200 messages in a run of 6 whole-worker kills)"
     )
     if fetch_off is not None:
         return Result(
