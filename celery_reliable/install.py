@@ -24,6 +24,8 @@ RELIABLE_CONSUMER = "celery_reliable.consumer:ReliableConsumer"
 DEFAULT_PREFETCH = 4
 #: RabbitMQ's default ``consumer_timeout`` (30 min): an unacked delivery held longer is requeued.
 AMQP_CONSUMER_TIMEOUT = 1800.0
+#: Shortest expiry of kombu's restore-sweep lock (``unacked_mutex_expire``) that we set, seconds.
+MIN_SWEEP_LOCK = 5.0
 #: Added to the longest hard time limit when raising the visibility timeout above it.
 TIME_LIMIT_MARGIN = 60.0
 
@@ -83,6 +85,10 @@ def _apply_transport_defaults(app: Celery, settings: ReliableSettings) -> None:
             _owns_visibility.add(app)
         options.setdefault("unacked_restore_interval", settings.restore_interval)
         options.setdefault("unacked_restore_throttle", 1)
+        # kombu's restore sweep holds a Redis lock; a worker killed during its sweep keeps it, and
+        # with it every sweep, for kombu's 300 s. Restores are transactions, so a shorter lock
+        # only risks two sweeps at once, never a message restored twice.
+        options.setdefault("unacked_mutex_expire", max(2 * settings.restore_interval, MIN_SWEEP_LOCK))
         options.setdefault("socket_connect_timeout", 10)
         app.conf.broker_transport_options = options
         if app.conf.worker_prefetch_multiplier == DEFAULT_PREFETCH:

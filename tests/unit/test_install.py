@@ -29,6 +29,7 @@ def test_redis_defaults_are_applied() -> None:
     assert options["visibility_timeout"] == 600.0
     assert options["unacked_restore_interval"] == 10.0
     assert options["unacked_restore_throttle"] == 1
+    assert options["unacked_mutex_expire"] == 20.0  # twice the restore interval, not kombu's 300 s
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.conf.worker_consumer == RELIABLE_CONSUMER
     assert (task.acks_late, task.retry_on_worker_lost, task.reject_on_worker_lost) == (True, True, True)
