@@ -115,6 +115,7 @@ def run_checks(app: Celery) -> Report:
     for check in (
         timeouts.check_time_limits(app, tasks),
         timeouts.check_retry_delays(app, tasks),
+        timeouts.check_restore_sweep(app),
         celery_settings.check_acks_late(tasks),
         celery_settings.check_worker_lost(tasks),
         celery_settings.check_prefetch(app, tasks),

@@ -94,3 +94,44 @@ def check_retry_delays(app: Celery, tasks: list[TaskFacts]) -> Result | None:
         )
     longest = max(waits.values(), default=0.0)
     return Result("tasks.retry_delay", Status.PASS, f"longest retry wait {longest:g} s < {what}; {reminder}")
+
+
+#: A restore-sweep lock longer than this holds up every restore noticeably when its worker dies.
+SWEEP_LOCK_LIMIT = 60.0
+#: Seconds between actual restore scans beyond which dead workers' messages come back late.
+SWEEP_PERIOD_LIMIT = 60.0
+
+
+def check_restore_sweep(app: Celery) -> Result | None:
+    """Redis: how soon, after the visibility timeout, kombu's sweep gives a dead worker's messages back."""
+    if broker_scheme(app) not in REDIS_SCHEMES:
+        return None
+    options = app.conf.broker_transport_options or {}
+    period = float(options.get("unacked_restore_interval", 10)) * max(
+        1, int(options.get("unacked_restore_throttle", 10))
+    )
+    lock = float(options.get("unacked_mutex_expire", 300))
+    problems = []
+    if period > SWEEP_PERIOD_LIMIT:
+        problems.append(
+            f"the restore sweep scans every {period:g} s (unacked_restore_interval x unacked_restore_throttle): "
+            "messages of dead workers come back up to that long after the visibility timeout"
+        )
+    if lock > SWEEP_LOCK_LIMIT:
+        problems.append(
+            f"the sweep's lock lasts {lock:g} s (unacked_mutex_expire): a worker killed during its sweep stops "
+            "every worker's restores that long"
+        )
+    if problems:
+        return Result(
+            "redis.restore_sweep",
+            Status.WARN,
+            "; ".join(problems),
+            "broker_transport_options: unacked_restore_interval 10, unacked_restore_throttle 1, "
+            "unacked_mutex_expire 20 (what ReliableTask sets unless you set them)",
+        )
+    return Result(
+        "redis.restore_sweep",
+        Status.PASS,
+        f"the restore sweep scans every {period:g} s; a dead sweeper's lock lasts at most {lock:g} s",
+    )

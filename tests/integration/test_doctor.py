@@ -239,6 +239,20 @@ def test_fetch_without_the_atomic_step_warns_and_says_why(
     assert derived.status is Status.PASS, derived
 
 
+def test_restore_sweep_period_and_lock(apps: Callable[..., Celery], migrated_sqlite: str) -> None:
+    def sweep(**conf: Any) -> Any:
+        return run_checks(apps(NOWHERE_REDIS, migrated_sqlite, **conf)).get("redis.restore_sweep")
+
+    ours = sweep()
+    assert ours.status is Status.PASS and "every 10 s" in ours.detail and "at most 20 s" in ours.detail, ours
+    kombus = sweep(reliable_apply_transport_defaults=False)  # kombu's: 10 s x 10, and a 300 s lock
+    assert kombus.status is Status.WARN, kombus
+    assert "every 100 s" in kombus.detail and "lasts 300 s" in kombus.detail, kombus
+    assert "unacked_mutex_expire 20" in kombus.fix
+    lock = sweep(broker_transport_options={"unacked_mutex_expire": 300})
+    assert lock.status is Status.WARN and "lasts 300 s" in lock.detail and "scans every" not in lock.detail, lock
+
+
 class OwnConsumer(CeleryConsumer):
     """A user's own worker consumer (not built on celery_reliable's)."""
 
