@@ -15,7 +15,7 @@ Here one pipelined round trip does both inside Redis:
 
 A message in a stage list whose worker died before its script ran is taken by the next fetch of
 any worker of that queue, since the script empties the stage lists first. The ``unacked`` record
-is byte for byte what kombu's ``QoS.append`` writes, so kombu's own ack, reject, restore and
+holds the same JSON kombu's ``QoS.append`` writes, so kombu's own ack, reject, restore and
 visibility-timeout sweep handle it unchanged; ``QoS.append`` rewrites it with the delivery time.
 
 Only the worker's consuming connection uses this transport (see
