@@ -21,6 +21,7 @@ from kombu.message import Message
 from . import events
 from .config import get_settings
 from .install import atomic_fetch
+from .redis_fetch import fetch_connection
 from .store.failures import FailureRecord, record_failure
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class ReliableConsumer(Consumer):
         transport = atomic_fetch(self.app)
         if transport is None:
             return super().connection_for_read(heartbeat)
-        connection = self.app.connection_for_read(heartbeat=heartbeat, transport=transport)
+        connection = fetch_connection(self.app.connection_for_read(heartbeat=heartbeat), transport)
         return self.ensure_connected(connection)
 
     def _store_raw(self, message: Message, reason: str, exc: BaseException | None, name: str | None = None) -> bool:

@@ -31,6 +31,7 @@ from queue import Empty
 from time import monotonic, time
 from typing import Any
 
+from kombu import Connection
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import loads
 from redis.exceptions import NoScriptError
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 #: This module's transports, as Celery/kombu name them: for redis:// and for sentinel:// URLs.
 TRANSPORT = "celery_reliable.redis_fetch:Transport"
 SENTINEL_TRANSPORT = "celery_reliable.redis_fetch:SentinelTransport"
+#: The atomic-fetch transport for each URL scheme it serves.
+BY_SCHEME = {"redis": TRANSPORT, "sentinel": SENTINEL_TRANSPORT}
 #: Oldest Redis with ``BLMOVE``.
 MIN_REDIS = (6, 2)
 #: Wait while idle when messages may arrive on a key other than the one waited on (several queues,
@@ -248,3 +251,22 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     """kombu's Redis Sentinel transport with the atomic fetch (``sentinel://`` URLs)."""
 
     Channel = SentinelChannel
+
+
+class FetchConnection(Connection):
+    """A kombu connection that keeps the atomic-fetch transport when it fails over.
+
+    With several broker URLs, kombu's ``Connection.switch()`` takes the transport from the next
+    URL's scheme, which would quietly bring kombu's own fetch back after the first failover.
+    """
+
+    def switch(self, conn_str: str) -> None:
+        super().switch(conn_str)
+        transport = BY_SCHEME.get(str(self.transport_cls))
+        if transport is not None:
+            self.transport_cls = transport
+
+
+def fetch_connection(connection: Connection, transport: str) -> FetchConnection:
+    """``connection`` (as Celery made it, with all its settings) on the atomic-fetch ``transport``."""
+    return FetchConnection(**dict(connection._info(resolve=False), transport=transport))

@@ -253,3 +253,16 @@ def test_one_message_wakes_one_idle_consumer(server: RedisServer) -> None:
         for conn, channel in consumers:
             channel.client.connection.disconnect()  # not waiting out the BLMOVEs; nothing is lost
             conn.release()
+
+
+def test_a_worker_that_fails_over_to_its_next_url_keeps_the_atomic_fetch(redis_sqlite_scenario: Any) -> None:
+    """kombu's Connection.switch() takes the transport from the next URL's scheme; the worker's
+    connection keeps the atomic fetch through a failover."""
+    scenario = redis_sqlite_scenario
+    dead = "redis://127.0.0.1:1/0"  # nothing listens: the first connect fails, kombu moves on
+    worker = scenario.worker("w1", RELIABLE_TEST_BROKER=f"{dead};{scenario.broker_url}")
+    key = f"failover-{uuid.uuid4().hex[:6]}"
+    scenario.send("t.ok", key, task_id=key)
+    wait_for(lambda: scenario.db.counts().effect(key) == 1, 60, what="the task run")
+    connected = [line for line in worker.output().splitlines() if "Connected to" in line]
+    assert connected and all("celery_reliable.redis_fetch:Transport://" in line for line in connected), connected

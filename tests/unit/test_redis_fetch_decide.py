@@ -75,6 +75,7 @@ def test_a_broker_down_decides_nothing() -> None:
 
 
 ATOMIC = "celery_reliable.redis_fetch:Transport"
+SENTINEL = "celery_reliable.redis_fetch:SentinelTransport"
 
 
 def _app(broker: str, **conf: Any) -> Any:
@@ -116,3 +117,29 @@ def test_a_users_own_consumer_turns_it_off_with_the_reason() -> None:
     app = _app("redis://127.0.0.1:6379/0")
     app.conf.worker_consumer = "celery.worker.consumer:Consumer"  # set after install: the user's choice
     assert "is not celery_reliable's ReliableConsumer" in str(atomic_fetch_off(app))
+
+
+@pytest.mark.parametrize(
+    "scheme,transport", [("redis", ATOMIC), ("sentinel", "celery_reliable.redis_fetch:SentinelTransport")]
+)
+def test_a_failover_keeps_the_atomic_fetch(scheme: str, transport: str) -> None:
+    from kombu import Connection
+
+    from celery_reliable.redis_fetch import FetchConnection, fetch_connection
+
+    urls = f"{scheme}://127.0.0.1:1/0;{scheme}://127.0.0.1:2/0"
+    kombus = Connection(urls, transport=transport)
+    kombus.switch(f"{scheme}://127.0.0.1:2/0")
+    assert kombus.transport_cls == scheme  # kombu's own switch: back to kombu's fetch
+    base = Connection(urls, heartbeat=7, transport_options={"visibility_timeout": 9}, connect_timeout=3)
+    ours = fetch_connection(base, transport)
+    assert isinstance(ours, FetchConnection) and ours.transport_cls == transport
+    assert (ours.heartbeat, ours.transport_options, ours.connect_timeout, ours.alt) == (
+        7,
+        {"visibility_timeout": 9},
+        3,
+        base.alt,
+    )
+    ours.switch(f"{scheme}://127.0.0.1:2/0")
+    assert ours.transport_cls == transport and ours.port == 2
+    assert type(ours.transport).__module__ == "celery_reliable.redis_fetch"
