@@ -34,6 +34,7 @@ REDIS_SCHEMES = ("redis", "rediss", "sentinel", "socket")
 #: broker URL scheme.
 ATOMIC_FETCH_TRANSPORTS = {
     "redis": "celery_reliable.redis_fetch:Transport",
+    "rediss": "celery_reliable.redis_fetch:Transport",
     "sentinel": "celery_reliable.redis_fetch:SentinelTransport",
 }
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
@@ -130,22 +131,24 @@ def _url_schemes(app: Celery) -> set[str]:
 def atomic_fetch_off(app: Celery) -> str | None:
     """Why the app's workers do not fetch atomically from Redis, or None when they do.
 
-    Only for ``redis://`` and ``sentinel://`` broker URLs on kombu's own Redis transports (not
-    TLS, Unix sockets or a transport chosen with ``broker_transport``), and only through the
-    celery_reliable consumer.
+    Only for ``redis://``, ``rediss://`` and ``sentinel://`` broker URLs on kombu's own Redis
+    transports (not Unix sockets or a transport chosen with ``broker_transport``), and only
+    through the celery_reliable consumer.
     """
     if app not in _installed:
         return "celery_reliable is not installed on this app (no ReliableTask)"
     if not get_settings(app).redis_atomic_fetch:
         return "reliable_redis_atomic_fetch is False"
-    if app.conf.broker_transport not in (None, "", "redis", "sentinel", *ATOMIC_FETCH_TRANSPORTS.values()):
+    if app.conf.broker_transport not in (None, "", *ATOMIC_FETCH_TRANSPORTS, *ATOMIC_FETCH_TRANSPORTS.values()):
         return f"broker_transport is {app.conf.broker_transport!r}"
     if not _is_reliable_consumer(app.conf.worker_consumer):
         return f"worker_consumer {app.conf.worker_consumer!r} is not celery_reliable's ReliableConsumer"
     schemes = _url_schemes(app)
-    if len(schemes) != 1 or not schemes <= set(ATOMIC_FETCH_TRANSPORTS):
+    if len({ATOMIC_FETCH_TRANSPORTS.get(scheme) for scheme in schemes} - {None}) != 1 or not schemes <= set(
+        ATOMIC_FETCH_TRANSPORTS
+    ):
         shown = ", ".join(f"{scheme or '?'}://" for scheme in sorted(schemes)) or "no URL"
-        return f"only redis:// or sentinel:// broker URLs are supported (one kind), not {shown}"
+        return f"only redis://, rediss:// or sentinel:// broker URLs are supported (not mixed), not {shown}"
     return None
 
 

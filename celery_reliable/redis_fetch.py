@@ -38,11 +38,12 @@ from redis.exceptions import NoScriptError
 
 logger = logging.getLogger(__name__)
 
-#: This module's transports, as Celery/kombu name them: for redis:// and for sentinel:// URLs.
+#: This module's transports, as Celery/kombu name them: for redis:// and rediss:// (TLS), and for
+#: sentinel:// URLs.
 TRANSPORT = "celery_reliable.redis_fetch:Transport"
 SENTINEL_TRANSPORT = "celery_reliable.redis_fetch:SentinelTransport"
 #: The atomic-fetch transport for each URL scheme it serves.
-BY_SCHEME = {"redis": TRANSPORT, "sentinel": SENTINEL_TRANSPORT}
+BY_SCHEME = {"redis": TRANSPORT, "rediss": TRANSPORT, "sentinel": SENTINEL_TRANSPORT}
 #: Oldest Redis with ``BLMOVE``.
 MIN_REDIS = (6, 2)
 #: Wait while idle when messages may arrive on a key other than the one waited on (several queues,

@@ -227,8 +227,9 @@ def check_fetch(facts: RedisFacts, fetch_off: str | None) -> Result:
             "redis.fetch",
             Status.WARN,
             f"{loses}; the atomic fetch is off: {fetch_off}",
-            "use ReliableTask with reliable_redis_atomic_fetch = True (the default), a redis:// or sentinel:// URL "
-            "and Celery's default worker_consumer (or a subclass of celery_reliable.consumer.ReliableConsumer)",
+            "use ReliableTask with reliable_redis_atomic_fetch = True (the default), redis://, rediss:// or "
+            "sentinel:// URLs and Celery's default worker_consumer (or a subclass of "
+            "celery_reliable.consumer.ReliableConsumer)",
         )
     version = _info_text(facts, "redis_version")
     if version is not None and version_tuple(version) < MIN_REDIS:

@@ -22,7 +22,7 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from celery_reliable.redis_fetch import SENTINEL_TRANSPORT, TRANSPORT
+from celery_reliable.redis_fetch import SENTINEL_TRANSPORT, TRANSPORT, fetch_connection
 from tests.harness import RedisServer, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
@@ -266,3 +266,57 @@ def test_a_worker_that_fails_over_to_its_next_url_keeps_the_atomic_fetch(redis_s
     wait_for(lambda: scenario.db.counts().effect(key) == 1, 60, what="the task run")
     connected = [line for line in worker.output().splitlines() if "Connected to" in line]
     assert connected and all("celery_reliable.redis_fetch:Transport://" in line for line in connected), connected
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A private redis-server that speaks only TLS (a self-signed certificate made here); its
+    rediss:// URL and the ssl options that verify it."""
+    import ssl
+
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make the TLS test's certificate (apt-get install openssl)"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    cmd = [
+        shutil.which("redis-server") or "redis-server", "--port", "0", "--tls-port", str(port),
+        "--bind", "127.0.0.1", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
+        "--dir", str(tmp_path), "--logfile", str(tmp_path / "redis-tls.log"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    options = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(cert)}
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), socket_connect_timeout=1)
+        wait_for(client.ping, 20, what=f"redis-server with TLS on {port}")
+        client.close()
+        yield f"rediss://127.0.0.1:{port}/0", options
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_over_tls(tls_server: tuple[str, dict[str, Any]]) -> None:
+    """rediss:// URLs: Celery's ssl options are kept, the fetch is atomic, a verified connection."""
+    url, ssl_options = tls_server
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ssl_options["ssl_ca_certs"])
+    queue = _queue()
+    with Connection(url, ssl=ssl_options) as producer:
+        producer.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue])
+    # a consumer that dies right after its fetch leaves the message recorded as unacknowledged
+    conn = fetch_connection(Connection(url, ssl=ssl_options), TRANSPORT)
+    channel: Any = conn.default_channel
+    conn.Consumer(queue, callbacks=[lambda body, message: None], accept=["json"]).consume()
+    conn.transport.cycle._register_BRPOP(channel)
+    wait_for(lambda: client.llen(queue.name) == 0, 10, interval=0.02, what="the fetch to take the message")
+    time.sleep(0.1)
+    assert channel._atomic is True  # over TLS: the server has no plain-text port
+    channel.client.connection.disconnect()
+    conn.release()
+    assert len(_unacked(client, queue.name)) == 1

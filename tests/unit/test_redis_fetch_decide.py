@@ -96,7 +96,10 @@ def _app(broker: str, **conf: Any) -> Any:
         ("redis://a:6379/0;redis://b:6379/0", {}, ATOMIC),
         ("sentinel://a:26379;sentinel://b:26379", {}, "celery_reliable.redis_fetch:SentinelTransport"),
         ("amqp://guest@localhost//", {}, None),
-        ("rediss://127.0.0.1:6380/0", {}, None),
+        ("rediss://127.0.0.1:6380/0", {}, ATOMIC),
+        ("redis://a:6379/0;rediss://b:6380/0", {}, ATOMIC),
+        ("redis://a:6379/0;sentinel://b:26379", {}, None),
+        ("socket:///tmp/redis.sock", {}, None),
         ("redis://127.0.0.1:6379/0", {"reliable_redis_atomic_fetch": False}, None),
         ("redis://127.0.0.1:6379/0", {"broker_transport": "tests.unit.custom:Transport"}, None),
         # Celery's default consumer named before install: replaced by ours, like the default
