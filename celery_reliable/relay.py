@@ -112,8 +112,7 @@ def _send(app: Celery, token: str, rows: Sequence[PendingRow]) -> tuple[RelaySta
     if direct and ready:
         ready = _build_entries(app, publisher, token, ready, built, invalid)
     for row_id, error in invalid:
-        stats.invalid += mark_status(app, token, [row_id], PendingStatus.INVALID, error)
-        logger.error("Pending message %d cannot be sent: %s", row_id, error)
+        _mark_invalid(app, token, row_id, error, stats)
     if not ready and not built:
         return stats, _nothing
     outcome = _Outcome()
@@ -176,6 +175,20 @@ class _Outcome:
     broker_down: bool = False
 
 
+def _mark_invalid(app: Celery, token: str, row_id: int, error: str, stats: RelayStats) -> None:
+    """A row that cannot be sent as it is: marked invalid, for a person to fix and resend."""
+    stats.invalid += mark_status(app, token, [row_id], PendingStatus.INVALID, error)
+    logger.error("Pending message %d cannot be sent: %s", row_id, error)
+
+
+def _broker_away(app: Celery, outcome: _Outcome, failed: list[tuple[int, str]], untried: list[int]) -> None:
+    """The broker is away: the sends tried count as failed (backed off), the rest go back untouched."""
+    outcome.failures += failed
+    outcome.untried += untried
+    outcome.broker_down = True
+    reset_publisher(app)
+
+
 def _build_entries(
     app: Celery,
     publisher: Any,
@@ -212,11 +225,8 @@ def _write_direct(app: Celery, publisher: Any, built: list[tuple[PendingRow, Ent
         outcome.failures += [(row.id, f"NotReplicated: {exc}") for row, _ in built]
         outcome.broker_down = True
     except Exception as exc:
-        # The broker is away: count one failed send, give the others back untouched.
-        outcome.failures.append((built[0][0].id, f"{type(exc).__name__}: {exc}"))
-        outcome.untried += [row.id for row, _ in built[1:]]
-        outcome.broker_down = True
-        reset_publisher(app)
+        error = f"{type(exc).__name__}: {exc}"
+        _broker_away(app, outcome, [(built[0][0].id, error)], [row.id for row, _ in built[1:]])
     else:
         outcome.sent += [row.id for row, _ in built]
 
@@ -242,10 +252,8 @@ def _send_redis_batch(
                 except Exception as exc:
                     if not is_bad_input(exc):
                         raise
-                    error = f"{type(exc).__name__}: {exc}"
                     refused.add(row.id)
-                    stats.invalid += mark_status(app, token, [row.id], PendingStatus.INVALID, error)
-                    logger.error("Pending message %d cannot be sent: %s", row.id, error)
+                    _mark_invalid(app, token, row.id, f"{type(exc).__name__}: {exc}", stats)
                     continue
                 added.append(row.id)
         if publisher.wait_replicas:
@@ -258,10 +266,7 @@ def _send_redis_batch(
         error = f"{type(exc).__name__}: {exc}"
         candidates = [r.id for r, *_ in ready if r.id not in refused]
         tried = added[:1] or candidates[:1]
-        outcome.failures += [(row_id, error) for row_id in tried]
-        outcome.untried += [row_id for row_id in candidates if row_id not in tried]
-        outcome.broker_down = True
-        reset_publisher(app)
+        _broker_away(app, outcome, [(row_id, error) for row_id in tried], [i for i in candidates if i not in tried])
 
 
 def _send_one_by_one(
@@ -280,13 +285,9 @@ def _send_one_by_one(
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             if is_bad_input(exc):
-                stats.invalid += mark_status(app, token, [row.id], PendingStatus.INVALID, error)
-                logger.error("Pending message %d cannot be sent: %s", row.id, error)
+                _mark_invalid(app, token, row.id, error, stats)
                 continue
-            outcome.failures.append((row.id, error))
-            outcome.broker_down = True
-            outcome.untried += [r.id for r, *_ in ready[index + 1 :]]
-            reset_publisher(app)
+            _broker_away(app, outcome, [(row.id, error)], [r.id for r, *_ in ready[index + 1 :]])
             break
 
 
