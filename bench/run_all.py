@@ -167,12 +167,10 @@ def publish_rows(res: dict[str, Any]) -> list[Row]:
     bp = bench_publish
     rows: list[Row] = []
     for kind, label in (("redis", "Redis"), ("amqp", "RabbitMQ, confirmed")):
-        key = f"single_{kind}"
-        if key not in res:
+        us = bp.publish_medians(res, kind)
+        if us is None:
             continue
-        us = {variant: statistics.median(values) for variant, values in res[key].items()}
-        base = "apply_async_confirm" if kind == "amqp" else "apply_async"
-        over = us["publish"] / us[base] - 1
+        base, over = bp.PLAIN_SEND[kind], bp.publish_overhead(us, kind)
         name = "`apply_async` + `confirm_publish`" if kind == "amqp" else "`apply_async`"
         rows.append(
             Row(
