@@ -14,6 +14,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import create_engine, text
 
+from celery_reliable.redis_fetch import stage_list
 from tests.harness import ROOT, TestDatabase, Worker, wait_for
 
 for _name in list(os.environ):
@@ -140,7 +141,7 @@ def broker_depth(broker_url: str, queue: str) -> tuple[int, int]:
 
         client = redis.Redis.from_url(broker_url)
         try:
-            ready = int(client.llen(queue)) + int(client.llen(f"{queue}\x06\x16fetch"))  # + the fetch's stage list
+            ready = int(client.llen(queue)) + int(client.llen(stage_list(queue)))  # + the fetch's stage list
             unacked = 0
             for value in client.hvals("unacked"):
                 try:
@@ -170,7 +171,7 @@ def drop_queue(broker_url: str, queue: str) -> None:
         try:
             # the list, its priority lists, and the binding keys kombu keeps for its exchange
             bindings = (f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-            client.delete(queue, *[f"{queue}\x06\x16{p}" for p in (*range(10), "fetch")], *bindings)
+            client.delete(queue, *[f"{queue}\x06\x16{p}" for p in range(10)], stage_list(queue), *bindings)
         finally:
             client.close()
         return

@@ -261,3 +261,22 @@ class PostgresCluster:
     def stop(self, mode: str = "immediate") -> None:
         if (self.data / "postmaster.pid").exists():
             self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+
+def die_after_fetch(
+    conn: Any, queue: Any, client: Any, key: str | None = None, publish: Callable[[], None] | None = None
+) -> Any:
+    """A kombu consumer on ``conn`` sends its fetch for ``queue``; once Redis has taken the message
+    (``client`` sees list ``key`` empty) its connection dies before it reads the reply, as a SIGKILL
+    of the worker would leave it. ``publish`` (if given) sends the message after the fetch is sent.
+    Returns the consumer's channel."""
+    channel = conn.default_channel
+    conn.Consumer(queue, callbacks=[lambda body, message: None], accept=["json"]).consume()
+    conn.transport.cycle._register_BRPOP(channel)  # what the event loop does on each tick
+    if publish is not None:
+        publish()
+    wait_for(lambda: client.llen(key or queue.name) == 0, 10, interval=0.02, what="the fetch to take the message")
+    time.sleep(0.1)  # the reply is on its way to a consumer that will never read it
+    channel.client.connection.disconnect()
+    conn.release()
+    return channel

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -24,7 +23,7 @@ from kombu import Connection, Queue
 from celery_reliable.redis_fetch import TRANSPORT
 from tests.conftest import Scenario
 from tests.faults.conftest import private_redis_scenario
-from tests.harness import RedisServer, wait_for
+from tests.harness import RedisServer, die_after_fetch, wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.redis]
 
@@ -53,19 +52,6 @@ def _backlog(client: redis.Redis, queue: str, count: int) -> None:
         pipe.execute()
 
 
-def _held_by_dead_consumer(url: str, queue: str) -> None:
-    """The one message of ``queue`` taken by a consumer that dies before it reads it."""
-    conn = Connection(url, transport=TRANSPORT)
-    channel: Any = conn.default_channel
-    conn.Consumer(Queue(queue, routing_key=queue), callbacks=[lambda body, message: None]).consume()
-    conn.transport.cycle._register_BRPOP(channel)
-    client = redis.Redis.from_url(url)
-    wait_for(lambda: client.llen(queue) == 0, 10, interval=0.02, what="the message taken")
-    time.sleep(0.1)
-    channel.client.connection.disconnect()
-    conn.release()
-
-
 def test_a_worker_killed_during_its_sweep_holds_restores_up_only_briefly(redis_scenario: Scenario) -> None:
     scenario = redis_scenario
     client = redis.Redis.from_url(scenario.broker_url)
@@ -81,7 +67,8 @@ def test_a_worker_killed_during_its_sweep_holds_restores_up_only_briefly(redis_s
     # and a message is held by a consumer that died too
     key = f"sweep-{uuid.uuid4().hex[:6]}"
     scenario.send("t.ok", key, task_id=key)
-    _held_by_dead_consumer(scenario.broker_url, scenario.queue)
+    queue = Queue(scenario.queue, routing_key=scenario.queue)
+    die_after_fetch(Connection(scenario.broker_url, transport=TRANSPORT), queue, client)  # held by a dead consumer
     assert scenario.depth() == (0, 1)
     held_at = time.monotonic()
     # Then a new worker runs it once the lock and the visibility timeout have passed

@@ -22,8 +22,8 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from celery_reliable.redis_fetch import SENTINEL_TRANSPORT, TRANSPORT, fetch_connection
-from tests.harness import RedisServer, free_port, wait_for
+from celery_reliable.redis_fetch import SENTINEL_TRANSPORT, TRANSPORT, fetch_connection, stage_list
+from tests.harness import RedisServer, die_after_fetch, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
@@ -102,17 +102,13 @@ def _consume(conn: Connection, queue: Queue, want: int = 1) -> list[Any]:
 def _die_after_the_fetch(url: str, transport: str, queue: Queue, data_url: str | None = None, **options: Any) -> None:
     """A consumer sends its fetch, a message arrives and is taken by Redis, then the consumer's
     connection dies before it read the reply (what a SIGKILL of the worker does)."""
-    conn = Connection(url, transport=transport, transport_options=options)
-    channel: Any = conn.default_channel
-    conn.Consumer(queue, callbacks=[lambda body, message: None], accept=["json"]).consume()
-    conn.transport.cycle._register_BRPOP(channel)  # what the event loop does on each tick
-    _publish(url, queue, [{"n": 1}], **options)
-    client = redis.Redis.from_url(data_url or url)
-    key = options.get("global_keyprefix", "") + queue.name
-    wait_for(lambda: client.llen(key) == 0, 10, interval=0.02, what="the fetch to take the message")
-    time.sleep(0.1)  # the reply is on its way to a consumer that will never read it
-    channel.client.connection.disconnect()
-    conn.release()
+    die_after_fetch(
+        Connection(url, transport=transport, transport_options=options),
+        queue,
+        redis.Redis.from_url(data_url or url),
+        key=options.get("global_keyprefix", "") + queue.name,
+        publish=lambda: _publish(url, queue, [{"n": 1}], **options),
+    )
 
 
 @pytest.mark.parametrize("transport", [KOMBU, TRANSPORT], ids=["kombu", "atomic"])
@@ -220,7 +216,7 @@ def test_a_message_left_in_a_stage_list_is_taken_by_the_next_fetch(server: Redis
     queue = _queue()
     client = redis.Redis.from_url(server.url)
     _publish(server.url, queue, [{"n": 1}])
-    stage = f"{queue.name}\x06\x16fetch"
+    stage = stage_list(queue.name)
     client.lmove(queue.name, stage, "RIGHT", "LEFT")  # what the dead worker's BLMOVE did
     assert (client.llen(queue.name), client.llen(stage)) == (0, 1)
     with Connection(server.url, transport=TRANSPORT) as conn:
@@ -310,13 +306,6 @@ def test_over_tls(tls_server: tuple[str, dict[str, Any]]) -> None:
     with Connection(url, ssl=ssl_options) as producer:
         producer.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue])
     # a consumer that dies right after its fetch leaves the message recorded as unacknowledged
-    conn = fetch_connection(Connection(url, ssl=ssl_options), TRANSPORT)
-    channel: Any = conn.default_channel
-    conn.Consumer(queue, callbacks=[lambda body, message: None], accept=["json"]).consume()
-    conn.transport.cycle._register_BRPOP(channel)
-    wait_for(lambda: client.llen(queue.name) == 0, 10, interval=0.02, what="the fetch to take the message")
-    time.sleep(0.1)
+    channel = die_after_fetch(fetch_connection(Connection(url, ssl=ssl_options), TRANSPORT), queue, client)
     assert channel._atomic is True  # over TLS: the server has no plain-text port
-    channel.client.connection.disconnect()
-    conn.release()
     assert len(_unacked(client, queue.name)) == 1
