@@ -43,8 +43,9 @@ MODES = ("reliable", "plain_default", "plain_tuned")
 #: Seconds without any change in the counts after which a drain that cannot finish stops.
 QUIET = 10.0
 #: The same when the queue is empty and nothing is pending (retries due within a second or two
-#: may still be held by a worker, invisible to the broker count on RabbitMQ).
-QUIET_EMPTY = 5.0
+#: may still be held by a worker, invisible to the broker count on RabbitMQ; a killed pool process
+#: is noticed up to worker_lost_wait = 5 s later, and only then is its task retried or stored).
+QUIET_EMPTY = 8.0
 DRAIN_LIMIT = 90.0
 
 
@@ -448,6 +449,7 @@ class Run:
                 time.sleep(1)
                 continue
             snap["broker"] = ready + unacked
+            snap["runs"] = self.db.scalar("SELECT count(*) FROM chaos_start")  # a new attempt is movement too
             if snap != last:
                 last, changed = snap, time.monotonic()
             done = snap["pending"] == 0 and snap["broker"] == 0
