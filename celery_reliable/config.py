@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import weakref
 from collections.abc import Mapping
@@ -22,11 +23,62 @@ from .exceptions import ImproperlyConfigured
 #: Prefix of every key in the Celery configuration.
 PREFIX = "reliable_"
 
-_RETRY_POLICY_KEYS = {"max_retries", "backoff", "backoff_max", "countdown"}
+#: Seconds in a day, for the upper bounds below.
+DAY = 24 * 3600.0
 
 
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting accepts: finite, from ``low`` (excluded if ``low_open``) to ``high``.
+
+    Every numeric setting has an upper bound, so a typo (an extra zero, ``float("inf")``, NaN from a
+    bad computation) is refused at start instead of stalling a relay pass or a task's retries.
+    """
+
+    low: float
+    high: float
+    low_open: bool = False
+    seconds: bool = False
+
+    def accepts(self, value: float) -> bool:
+        if not math.isfinite(value) or value > self.high:
+            return False
+        return value > self.low if self.low_open else value >= self.low
+
+    def words(self, integer: bool) -> str:
+        kind = "an integer" if integer else ("a number of seconds" if self.seconds else "a number")
+        low = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+        return f"{kind} {low} and <= {_amount(self.high)}"
+
+
+def _amount(value: float) -> str:
+    """``100000``, or ``2592000 (30 days)`` for a whole number of days."""
+    text = f"{value:.0f}" if value == int(value) else f"{value:g}"
+    days = value / DAY
+    if value >= DAY and days == int(days):
+        return f"{text} ({days:.0f} day{'s' if days != 1 else ''})"
+    return text
+
+
+def _doc(text: str, bounds: Bounds | None = None) -> dict[str, Any]:
+    return {"doc": text, "bounds": bounds}
+
+
+def _seconds(high: float, low_open: bool = False) -> Bounds:
+    return Bounds(0.0, high, low_open=low_open, seconds=True)
+
+
+def _count(low: int, high: int) -> Bounds:
+    return Bounds(low, high)
+
+
+#: What each key of a ``reliable_retry_policies`` entry accepts (the same as the task-wide settings).
+POLICY_BOUNDS = {
+    "max_retries": _count(0, 1000),
+    "backoff": _seconds(DAY),
+    "backoff_max": _seconds(7 * DAY),
+    "countdown": _seconds(7 * DAY),
+}
 
 
 #: Task names or fnmatch patterns (``billing.*``).
@@ -47,15 +99,19 @@ class ReliableSettings:
     )
     max_retries: int = field(
         default=5,
-        metadata=_doc("Retries of a failing task (and of a lost worker) before the failure is stored."),
+        metadata=_doc(
+            "Retries of a failing task (and of a lost worker) before the failure is stored.", _count(0, 1000)
+        ),
     )
     retry_backoff: float = field(
         default=2.0,
-        metadata=_doc("Base of the exponential backoff, seconds: retry n waits up to backoff * 2**n."),
+        metadata=_doc("Base of the exponential backoff, seconds: retry n waits up to backoff * 2**n.", _seconds(DAY)),
     )
     retry_backoff_max: float = field(
         default=300.0,
-        metadata=_doc("Longest wait between retries, seconds; also kept below the visibility timeout."),
+        metadata=_doc(
+            "Longest wait between retries, seconds; also kept below the visibility timeout.", _seconds(7 * DAY)
+        ),
     )
     retry_jitter: bool = field(
         default=True,
@@ -85,18 +141,23 @@ class ReliableSettings:
     )
     idempotency_retention: float = field(
         default=7 * 24 * 3600.0,
-        metadata=_doc("How long completed task ids are kept, seconds (longer than any redelivery)."),
+        metadata=_doc(
+            "How long completed task ids are kept, seconds (longer than any redelivery).", _seconds(365 * DAY)
+        ),
     )
     visibility_timeout: float = field(
         default=600.0,
         metadata=_doc(
             "Redis: seconds before an unacknowledged message of a dead worker is delivered again. "
-            "Raised automatically above the longest task time_limit."
+            "Raised automatically above the longest task time_limit.",
+            _seconds(30 * DAY, low_open=True),
         ),
     )
     restore_interval: float = field(
         default=10.0,
-        metadata=_doc("Redis: seconds between sweeps that give back messages of dead workers."),
+        metadata=_doc(
+            "Redis: seconds between sweeps that give back messages of dead workers.", _seconds(DAY, low_open=True)
+        ),
     )
     redis_atomic_fetch: bool = field(
         default=True,
@@ -117,34 +178,45 @@ class ReliableSettings:
         default=3600.0,
         metadata=_doc(
             "Seconds between runs of the beat task celery_reliable.cleanup, which deletes "
-            "processed ids past their retention; None leaves it out of the beat schedule."
+            "processed ids past their retention; None leaves it out of the beat schedule.",
+            _seconds(30 * DAY, low_open=True),
         ),
     )
     publish_retries: int = field(
         default=3,
         metadata=_doc(
-            "publish(): sends tried after the first one fails, before the message goes to the pending table."
+            "publish(): sends tried after the first one fails, before the message goes to the pending table.",
+            _count(0, 100),
         ),
     )
     publish_retry_backoff: float = field(
         default=0.2,
-        metadata=_doc("publish(): base of the backoff between send tries, seconds (doubling, full jitter)."),
+        metadata=_doc(
+            "publish(): base of the backoff between send tries, seconds (doubling, full jitter).", _seconds(60.0)
+        ),
     )
     publish_timeout: float = field(
         default=5.0,
-        metadata=_doc("publish(): seconds to wait for the broker to connect and (RabbitMQ) to confirm a message."),
+        metadata=_doc(
+            "publish(): seconds to wait for the broker to connect and (RabbitMQ) to confirm a message.",
+            _seconds(600.0, low_open=True),
+        ),
     )
     redis_wait_replicas: int = field(
         default=0,
         metadata=_doc(
             "Redis brokers: a send counts as done only when this many replicas have the message "
             "(Redis WAIT on the same connection); fewer in time is a failed send, retried and then kept "
-            "in the pending table. 0: do not wait."
+            "in the pending table. 0: do not wait.",
+            _count(0, 100),
         ),
     )
     redis_wait_timeout: float = field(
         default=1.0,
-        metadata=_doc("Seconds a send waits for reliable_redis_wait_replicas replicas to acknowledge."),
+        metadata=_doc(
+            "Seconds a send waits for reliable_redis_wait_replicas replicas to acknowledge.",
+            _seconds(600.0, low_open=True),
+        ),
     )
     publish_all: bool = field(
         default=False,
@@ -164,50 +236,72 @@ class ReliableSettings:
         default=5.0,
         metadata=_doc(
             "Seconds between runs of the beat task celery_reliable.relay, which sends pending "
-            "messages; None leaves it out of the beat schedule."
+            "messages; None leaves it out of the beat schedule.",
+            _seconds(DAY, low_open=True),
         ),
     )
     relay_batch_size: int = field(
         default=2000,
         metadata=_doc(
             "Pending rows claimed and published per batch by the relay (on Redis one pipeline, on RabbitMQ "
-            "one wait for confirms per batch)."
+            "one wait for confirms per batch).",
+            _count(1, 100_000),
         ),
     )
     relay_time_limit: float = field(
         default=30.0,
-        metadata=_doc("A relay pass stops claiming new batches after this many seconds."),
+        metadata=_doc("A relay pass stops claiming new batches after this many seconds.", _seconds(DAY, low_open=True)),
     )
     relay_lease: float = field(
         default=60.0,
-        metadata=_doc("Seconds a claimed row belongs to its relay; after that another relay may take it."),
+        metadata=_doc(
+            "Seconds a claimed row belongs to its relay; after that another relay may take it.",
+            _seconds(DAY, low_open=True),
+        ),
     )
     relay_max_attempts: int = field(
         default=20,
-        metadata=_doc("Failed sends of one pending row before it is marked dead for a person to act on."),
+        metadata=_doc(
+            "Failed sends of one pending row before it is marked dead for a person to act on.", _count(1, 1000)
+        ),
     )
     relay_backoff: float = field(
         default=5.0,
-        metadata=_doc("Base of the backoff before a pending row that failed to send is tried again, seconds."),
+        metadata=_doc(
+            "Base of the backoff before a pending row that failed to send is tried again, seconds.", _seconds(DAY)
+        ),
     )
     relay_backoff_max: float = field(
         default=600.0,
-        metadata=_doc("Longest wait before a pending row that failed to send is tried again, seconds."),
+        metadata=_doc(
+            "Longest wait before a pending row that failed to send is tried again, seconds.", _seconds(7 * DAY)
+        ),
     )
     outbox_grace: float = field(
         default=10.0,
         metadata=_doc(
             "Seconds an outbox message waits for its post-commit send before the relay takes it "
-            "over (a process that died between commit and send)."
+            "over (a process that died between commit and send).",
+            _seconds(DAY),
         ),
     )
     pending_retention: float = field(
         default=24 * 3600.0,
-        metadata=_doc("How long sent pending rows are kept before the cleanup task deletes them, seconds."),
+        metadata=_doc(
+            "How long sent pending rows are kept before the cleanup task deletes them, seconds.", _seconds(365 * DAY)
+        ),
     )
     store_unknown_messages: bool = field(
         default=True,
         metadata=_doc("Store messages for unknown task names and invalid messages instead of dropping them."),
+    )
+    flower_unauthenticated_actions: bool = field(
+        default=False,
+        metadata=_doc(
+            "Flower's Reliability page: allow its replay and purge actions when Flower runs without "
+            "authentication (no --basic-auth, --auth). Off: they are refused with 403, since anyone who can "
+            "reach Flower's port could replay or delete failed tasks."
+        ),
     )
     failure_events: bool = field(
         default=True,
@@ -218,43 +312,27 @@ class ReliableSettings:
     )
 
     def __post_init__(self) -> None:
-        for name in ("max_retries", "publish_retries"):
-            if getattr(self, name) < 0:
-                raise _bad(name, getattr(self, name), "an integer >= 0")
-        for name in (
-            "retry_backoff", "retry_backoff_max", "idempotency_retention", "publish_retry_backoff",
-            "relay_backoff", "relay_backoff_max", "outbox_grace", "pending_retention",
-        ):  # fmt: skip
-            if getattr(self, name) < 0:
-                raise _bad(name, getattr(self, name), "a number of seconds >= 0")
-        if self.cleanup_interval is not None and self.cleanup_interval <= 0:
-            raise _bad("cleanup_interval", self.cleanup_interval, "a number of seconds > 0, or None")
-        for name in ("relay_batch_size", "relay_max_attempts"):
-            if getattr(self, name) < 1:
-                raise _bad(name, getattr(self, name), "an integer >= 1")
-        if self.redis_wait_replicas < 0:
-            raise _bad("redis_wait_replicas", self.redis_wait_replicas, "an integer >= 0")
-        if self.relay_interval is not None and self.relay_interval <= 0:
-            raise _bad("relay_interval", self.relay_interval, "a number of seconds > 0, or None")
-        for name in (
-            "visibility_timeout", "restore_interval", "publish_timeout", "relay_time_limit", "relay_lease",
-            "redis_wait_timeout",
-        ):  # fmt: skip
-            if getattr(self, name) <= 0:
-                raise _bad(name, getattr(self, name), "a number of seconds > 0")
+        for f in fields(self):
+            bounds: Bounds | None = f.metadata.get("bounds")
+            value = getattr(self, f.name)
+            if bounds is None or value is None:
+                continue
+            if not bounds.accepts(value):
+                raise _bad(f.name, value, accepted(f))
         for exc_name, policy in self.retry_policies.items():
             if not isinstance(policy, Mapping):
                 raise _bad("retry_policies", {exc_name: policy}, "a mapping of keyword to number")
-            unknown = set(policy) - _RETRY_POLICY_KEYS
+            unknown = set(policy) - set(POLICY_BOUNDS)
             if unknown:
                 raise _bad(
                     "retry_policies",
                     {exc_name: dict(policy)},
-                    f"the keys {sorted(_RETRY_POLICY_KEYS)} (unknown: {sorted(unknown)})",
+                    f"the keys {sorted(POLICY_BOUNDS)} (unknown: {sorted(unknown)})",
                 )
             for key, value in policy.items():
-                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                    raise _bad("retry_policies", {exc_name: dict(policy)}, f"{key!r} as a number >= 0")
+                bounds = POLICY_BOUNDS[key]
+                if isinstance(value, bool) or not isinstance(value, int | float) or not bounds.accepts(value):
+                    raise _bad("retry_policies", {exc_name: dict(policy)}, f"{key!r} as {bounds.words(False)}")
 
 
 def _bad(name: str, value: object, accepted: str) -> ImproperlyConfigured:
@@ -284,6 +362,14 @@ _cache: weakref.WeakKeyDictionary[Celery, ReliableSettings] = weakref.WeakKeyDic
 def describe_type(f: dataclasses.Field[Any]) -> str:
     """Human words for a field's type, used in errors and in the docs table."""
     return _TYPE_NAMES.get(str(f.type), str(f.type))
+
+
+def accepted(f: dataclasses.Field[Any]) -> str:
+    """What a field accepts, in words: its type, and for a number its range."""
+    bounds: Bounds | None = f.metadata.get("bounds")
+    if bounds is None:
+        return describe_type(f)
+    return bounds.words(str(f.type) == "int") + (", or None" if "None" in str(f.type) else "")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -319,7 +405,7 @@ def _coerce(name: str, value: Any) -> Any:
         if ok:
             value = {k: dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
     if not ok:
-        raise _bad(name, value, describe_type(f))
+        raise _bad(name, value, accepted(f))
     return value
 
 
@@ -383,5 +469,5 @@ def settings_table() -> str:
         default = getattr(defaults, name)
         if isinstance(default, tuple):
             default = list(default)
-        lines.append(f"| `{PREFIX}{name}` | {describe_type(f)} | `{default!r}` | {f.metadata['doc']} |")
+        lines.append(f"| `{PREFIX}{name}` | {accepted(f)} | `{default!r}` | {f.metadata['doc']} |")
     return "\n".join(lines) + "\n"

@@ -7,6 +7,10 @@ That covers long runs, retries waiting in a worker with a countdown, and eta/cou
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from typing import Any
+
 from celery import Celery
 
 from ..install import AMQP_SCHEMES, REDIS_SCHEMES, TIME_LIMIT_MARGIN, broker_scheme, visibility_timeout
@@ -14,10 +18,36 @@ from .result import Result, Status
 from .tasks import TaskFacts, names
 
 
+def _option(options: Mapping[str, Any], key: str, default: float) -> float | None:
+    """A numeric broker transport option, or None when it is not a finite number >= 0 (NaN, "abc", inf)."""
+    try:
+        value = float(options.get(key, default))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _bad_transport_option(app: Celery, key: str) -> str | None:
+    """``broker_transport_options[key] = 'value'`` when that Redis option is set but is no usable number."""
+    options = app.conf.broker_transport_options or {}
+    if broker_scheme(app) not in REDIS_SCHEMES or key not in options:
+        return None
+    if _option(options, key, 0) is None or (key == "visibility_timeout" and _option(options, key, 0) == 0):
+        return f"broker_transport_options[{key!r}] = {options[key]!r}"
+    return None
+
+
+def _timeout(app: Celery) -> float | None:
+    """The broker's redelivery timeout; None if it has none or it is not a usable number."""
+    if _bad_transport_option(app, "visibility_timeout"):
+        return None
+    return visibility_timeout(app)
+
+
 def _timeout_words(app: Celery) -> tuple[str, str] | None:
     """(what the timeout is called, how to raise it) for the app's broker, or None if it has none."""
     scheme = broker_scheme(app)
-    timeout = visibility_timeout(app)
+    timeout = _timeout(app)
     if timeout is None:
         return None
     if scheme in REDIS_SCHEMES:
@@ -36,8 +66,18 @@ def _timeout_words(app: Celery) -> tuple[str, str] | None:
 
 def check_time_limits(app: Celery, tasks: list[TaskFacts]) -> Result | None:
     """A late-ack task running past the timeout is handed to a second worker."""
+    bad = _bad_transport_option(app, "visibility_timeout")
+    if bad:
+        return Result(
+            "tasks.time_limit",
+            Status.FAIL,
+            f"{bad} is not a number of seconds > 0: kombu cannot tell when a dead worker's messages are due, "
+            "so they are never given back (and no time limit can be checked against it)",
+            "set it to a number of seconds above the longest task time_limit, or leave it out "
+            "(reliable_visibility_timeout then sets it)",
+        )
     words = _timeout_words(app)
-    timeout = visibility_timeout(app)
+    timeout = _timeout(app)
     if words is None or timeout is None:
         return None
     what, fix = words
@@ -75,7 +115,7 @@ def check_time_limits(app: Celery, tasks: list[TaskFacts]) -> Result | None:
 def check_retry_delays(app: Celery, tasks: list[TaskFacts]) -> Result | None:
     """A retry or eta waits in the worker's memory, unacknowledged, until it is due."""
     words = _timeout_words(app)
-    timeout = visibility_timeout(app)
+    timeout = _timeout(app)
     if words is None or timeout is None:
         return None
     what, fix = words
@@ -107,10 +147,20 @@ def check_restore_sweep(app: Celery) -> Result | None:
     if broker_scheme(app) not in REDIS_SCHEMES:
         return None
     options = app.conf.broker_transport_options or {}
-    period = float(options.get("unacked_restore_interval", 10)) * max(
-        1, int(options.get("unacked_restore_throttle", 10))
-    )
-    lock = float(options.get("unacked_mutex_expire", 300))
+    keys = ("unacked_restore_interval", "unacked_restore_throttle", "unacked_mutex_expire")
+    bad = [shown for shown in (_bad_transport_option(app, key) for key in keys) if shown]
+    if bad:
+        return Result(
+            "redis.restore_sweep",
+            Status.FAIL,
+            f"{', '.join(bad)}: not a finite number >= 0, so kombu's sweep that gives back the messages of dead "
+            "workers cannot run as meant",
+            "broker_transport_options: unacked_restore_interval 10, unacked_restore_throttle 1, "
+            "unacked_mutex_expire 20 (or leave them out: ReliableTask sets these)",
+        )
+    interval = _option(options, "unacked_restore_interval", 10) or 0.0
+    period = interval * max(1, int(_option(options, "unacked_restore_throttle", 10) or 1))
+    lock = _option(options, "unacked_mutex_expire", 300) or 0.0
     problems = []
     if period > SWEEP_PERIOD_LIMIT:
         problems.append(

@@ -8,7 +8,7 @@ import pytest
 from celery import Celery
 
 from celery_reliable import ImproperlyConfigured, ReliableSettings
-from celery_reliable.config import FIELDS, load_settings, settings_table
+from celery_reliable.config import FIELDS, Bounds, load_settings, settings_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,3 +98,59 @@ def test_every_setting_is_documented() -> None:
     for name, field in FIELDS.items():
         assert f"`reliable_{name}`" in doc
         assert field.metadata["doc"]
+
+
+#: Every numeric setting, by its declared type.
+NUMERIC = [name for name, f in FIELDS.items() if str(f.type) in ("int", "float", "float | None")]
+
+
+def _bounds(name: str) -> Bounds:
+    bounds = FIELDS[name].metadata.get("bounds")
+    assert isinstance(bounds, Bounds), f"reliable_{name} has no bounds"
+    return bounds
+
+
+def test_every_numeric_setting_is_covered() -> None:
+    assert len(NUMERIC) == 21 and "relay_batch_size" in NUMERIC and "cleanup_interval" in NUMERIC
+
+
+def _too_big(name: str) -> object:
+    high = _bounds(name).high
+    return int(high) + 1 if str(FIELDS[name].type) == "int" else high * 2
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+@pytest.mark.parametrize("kind", ["nan", "inf", "-inf", "too big"])
+def test_numeric_settings_refuse_non_finite_and_absurd_values(name: str, kind: str) -> None:
+    is_int = str(FIELDS[name].type) == "int"
+    value = _too_big(name) if kind == "too big" else float(kind)
+    bounds = _bounds(name)
+    with pytest.raises(ImproperlyConfigured) as info:
+        load_settings(_app(**{f"reliable_{name}": value}))
+    message = str(info.value)
+    assert f"reliable_{name} = {value!r} is not valid: expected {bounds.words(is_int)}" in message
+    assert f"<= {bounds.high:.0f}" in message and "See the configuration reference" in message
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_numeric_settings_accept_their_upper_bound(name: str) -> None:
+    bounds = _bounds(name)
+    high = int(bounds.high) if str(FIELDS[name].type) == "int" else bounds.high
+    assert getattr(load_settings(_app(**{f"reliable_{name}": high})), name) == high
+
+
+def test_bounds_are_in_the_settings_table() -> None:
+    table = settings_table()
+    assert "| `reliable_relay_batch_size` | an integer >= 1 and <= 100000 |" in table
+    assert "| `reliable_relay_lease` | a number of seconds > 0 and <= 86400 (1 day) |" in table
+    assert "| `reliable_relay_interval` | a number of seconds > 0 and <= 86400 (1 day), or None |" in table
+
+
+@pytest.mark.parametrize("key", ["max_retries", "backoff", "backoff_max", "countdown"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 10**9])
+def test_retry_policy_values_must_be_finite_and_bounded(key: str, value: float) -> None:
+    policies = {"builtins.ValueError": {key: value}}
+    with pytest.raises(ImproperlyConfigured) as info:
+        load_settings(_app(reliable_retry_policies=policies))
+    message = str(info.value)
+    assert "reliable_retry_policies" in message and f"{key!r} as a number" in message and "<= " in message
