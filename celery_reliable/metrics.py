@@ -11,6 +11,7 @@ Counters of events (failures stored, replays, retries) are Flower's own
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -25,12 +26,15 @@ from .exceptions import ReliableError
 from .status import Summary, pending_statuses, summary
 from .store.failures import session_scope
 from .store.models import FailureStatus, PendingMessage
+from .text import printable
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "celery_reliable"
 #: Seconds a scrape result is reused: scrapes from several Prometheus servers cost one query set.
 DEFAULT_CACHE_SECONDS = 5.0
+#: Longest reuse accepted: metrics older than this would hide what is happening now.
+MAX_CACHE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,16 @@ def _up() -> GaugeMetricFamily:
     return _gauge("up", "1 if the reliability tables could be read at the last scrape, else 0.")
 
 
+def _labels(counts: dict[str, int]) -> dict[str, int]:
+    """Counts keyed by label value: control characters of stored names escaped (the text stays safe to
+    print), and names that become equal summed (a series appears once)."""
+    labelled: dict[str, int] = {}
+    for name, count in counts.items():
+        label = printable(name)
+        labelled[label] = labelled.get(label, 0) + count
+    return labelled
+
+
 def families(snap: Snapshot | None) -> list[Metric]:
     """The metric families of ``snap``; ``None`` gives the families without samples (describe)."""
     up = _up()
@@ -103,9 +117,9 @@ def families(snap: Snapshot | None) -> list[Metric]:
     oldest.add_metric([], s.oldest_pending_age or 0.0)
     for status, count in snap.send_failures.items():
         attempts.add_metric([status], count)
-    for task, count in s.failed_by_task.items():
+    for task, count in _labels(s.failed_by_task).items():
         by_task.add_metric([task], count)
-    for exc, count in s.failed_by_exception.items():
+    for exc, count in _labels(s.failed_by_exception).items():
         by_exc.add_metric([exc], count)
     for status in FailureStatus.ALL:
         by_status.add_metric([status], s.failed_by_status.get(status, 0))
@@ -122,12 +136,14 @@ class ReliableCollector:
     """
 
     def __init__(self, app: Celery, cache_seconds: float = DEFAULT_CACHE_SECONDS) -> None:
-        if cache_seconds < 0:
-            raise ValueError(f"cache_seconds must be >= 0, got {cache_seconds!r}")
+        if not (math.isfinite(cache_seconds) and 0 <= cache_seconds <= MAX_CACHE_SECONDS):
+            raise ValueError(f"cache_seconds must be a number from 0 to {MAX_CACHE_SECONDS:g}, got {cache_seconds!r}")
         self.app = app
         self.cache_seconds = cache_seconds
         self._lock = threading.Lock()
-        self._cached: tuple[float, Snapshot] | None = None
+        self._cached: tuple[float, Snapshot | None] | None = None  # a failed reading is reused too
+        #: Why the last reading failed (masked URL, cause, fix); None after a good one.
+        self.last_error: str | None = None
 
     def describe(self) -> list[Metric]:
         """The metric names, without touching the database (used when registering)."""
@@ -143,10 +159,19 @@ class ReliableCollector:
                 snap = snapshot(self.app)
             except ReliableError as exc:
                 logger.warning("celery_reliable metrics: %s", exc)
-                self._cached = None
+                self._failed(now, str(exc))
+                return None
+            except Exception as exc:  # a row the code did not expect must not fail the whole scrape
+                logger.exception("celery_reliable metrics: reading the tables failed")
+                self._failed(now, f"{type(exc).__name__}: {exc}")
                 return None
             self._cached = (now, snap)
+            self.last_error = None
             return snap
+
+    def _failed(self, now: float, reason: str) -> None:
+        self._cached = (now, None)
+        self.last_error = reason
 
     def collect(self) -> Iterator[Metric]:
         snap = self.read()
@@ -167,18 +192,20 @@ def register(
     return collector
 
 
-def _read_once(app: Celery) -> tuple[CollectorRegistry, bool]:
-    """A registry holding one reading of the tables; False if the database could not be read."""
+def read_once(app: Celery) -> tuple[CollectorRegistry, str | None]:
+    """A registry holding one reading of the tables, and why the database could not be read
+    (``None`` if it could; the registry then holds only ``celery_reliable_up 0``)."""
     registry = CollectorRegistry(auto_describe=True)
-    collector = register(app, registry, cache_seconds=float("inf"))
-    return registry, collector.read() is not None
+    collector = register(app, registry, cache_seconds=MAX_CACHE_SECONDS)
+    collector.read()
+    return registry, collector.last_error
 
 
 def exposition(app: Celery) -> tuple[bytes, bool]:
     """The metrics in Prometheus' text format, read now; False if the database could not be read
     (the text then holds ``celery_reliable_up 0``)."""
-    registry, ok = _read_once(app)
-    return generate_latest(registry), ok
+    registry, error = read_once(app)
+    return generate_latest(registry), error is None
 
 
 def write_textfile(app: Celery, path: str) -> bool:
@@ -187,6 +214,6 @@ def write_textfile(app: Celery, path: str) -> bool:
     node_exporter's textfile collector reads ``*.prom`` files; it never sees a half-written one.
     Returns False if the database could not be read (the file then says ``celery_reliable_up 0``).
     """
-    registry, ok = _read_once(app)
+    registry, error = read_once(app)
     write_to_textfile(path, registry)
-    return ok
+    return error is None

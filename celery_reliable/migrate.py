@@ -10,11 +10,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from celery import Celery
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .exceptions import StoreError
+from .store.errors import diagnose
 
 #: Alembic's version table for our migrations, apart from the application's own.
 VERSION_TABLE = "celery_reliable_alembic_version"
@@ -30,13 +32,25 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def _engine(target: Celery | str | Engine) -> tuple[Engine, bool]:
+    """The engine of ``target`` and whether it is ours to dispose of.
+
+    Raises:
+        StoreError: a URL that cannot work (unknown dialect, missing driver), with the fix.
+    """
+    from .store.engine import get_engine
+
     if isinstance(target, Engine):
         return target, False
     if isinstance(target, str):
-        return create_engine(target), True
-    from .store.engine import get_engine
-
+        try:
+            return create_engine(target), True
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(str(diagnose(target, exc))) from exc
     return get_engine(target), False
+
+
+def _url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
 
 
 def upgrade(target: Celery | str | Engine, revision: str = "head") -> None:
@@ -50,14 +64,20 @@ def downgrade(target: Celery | str | Engine, revision: str) -> None:
 
 
 def _run(target: Celery | str | Engine, action) -> None:  # type: ignore[no-untyped-def]
-    engine, owned = _engine(target)
+    try:
+        engine, owned = _engine(target)
+    except StoreError as exc:
+        raise StoreError(f"migration failed: {exc}") from exc.__cause__
     try:
         with engine.begin() as connection:
             config = alembic_config()
             config.attributes["connection"] = connection
             action(config)
     except SQLAlchemyError as exc:
-        raise StoreError(f"migration failed: {type(exc).__name__}: {exc}") from exc
+        raise StoreError(f"migration failed: {diagnose(_url(engine), exc)}") from exc
+    except CommandError as exc:  # e.g. an unknown --revision
+        heads = ", ".join(str(s.revision) for s in ScriptDirectory.from_config(alembic_config()).walk_revisions())
+        raise StoreError(f"migration failed: {exc} (revisions shipped: {heads}, or head / base)") from None
     finally:
         if owned:
             engine.dispose()
@@ -78,7 +98,7 @@ def current_revision(target: Celery | str | Engine) -> str | None:
             context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
             return context.get_current_revision()
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the schema version: {type(exc).__name__}: {exc}") from exc
+        raise StoreError(f"cannot read the schema version: {diagnose(_url(engine), exc)}") from exc
     finally:
         if owned:
             engine.dispose()

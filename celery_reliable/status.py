@@ -6,6 +6,7 @@ queries in one transaction, whatever the size of the tables.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +27,26 @@ STUCK_PENDING = (PendingStatus.DEAD, PendingStatus.INVALID, PendingStatus.EXPIRE
 #: Pending states still waiting to be sent.
 WAITING_PENDING = (PendingStatus.PENDING, PendingStatus.CLAIMED)
 
+#: Task names (and exception types) counted one by one in a summary; the rest are added up under
+#: :data:`OTHER`. Anyone who can publish can create task names (an unknown one is stored as sent),
+#: so without a cap one flood of names would make every summary, metric scrape and page that
+#: large. 100 covers any real application's failing tasks.
+TOP = 100
+#: The key that stands for every name past the first :data:`TOP`.
+OTHER = "(other)"
+
+
+def top_counts(counts: Mapping[str, int], limit: int = TOP) -> dict[str, int]:
+    """The ``limit`` largest counts, largest first, and the rest summed under :data:`OTHER`."""
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    top: dict[str, int] = {}
+    for key, count in ordered[:limit]:
+        top[key] = top.get(key, 0) + count
+    rest = sum(count for _, count in ordered[limit:])
+    if rest:
+        top[OTHER] = top.get(OTHER, 0) + rest
+    return top
+
 
 def pending_statuses() -> list[str]:
     """Every value of :class:`PendingStatus`, in declaration order."""
@@ -34,7 +55,11 @@ def pending_statuses() -> list[str]:
 
 @dataclass(frozen=True)
 class Summary:
-    """Counts of the reliability tables; ``attention`` says what a person must do (empty: healthy)."""
+    """Counts of the reliability tables; ``attention`` says what a person must do (empty: healthy).
+
+    ``failed_by_task`` and ``failed_by_exception`` hold the :data:`TOP` largest entries and the
+    sum of the rest under ``"(other)"``.
+    """
 
     pending: dict[str, int]
     oldest_pending_age: float | None
@@ -94,8 +119,8 @@ def summary(app: Celery) -> Summary:
     return Summary(
         pending=pending,
         oldest_pending_age=age,
-        failed_by_task=dict(sorted(by_task.items(), key=lambda kv: (-kv[1], kv[0]))),
-        failed_by_exception=dict(sorted(by_exc.items(), key=lambda kv: (-kv[1], kv[0]))),
+        failed_by_task=top_counts(by_task),
+        failed_by_exception=top_counts(by_exc),
         failed_by_status=by_status,
         replayed=by_status.get(FailureStatus.REPLAYED, 0),
         processed_ids=processed,

@@ -1,4 +1,10 @@
-"""The ``reliable`` command group and the output helpers every subcommand shares."""
+"""The ``reliable`` command group and the output helpers every subcommand shares.
+
+Human output goes through :func:`echo`, :func:`table` and :class:`CleanError`, which escape the
+control characters of stored text (task names, exception messages, tracebacks, hostnames, send
+errors) so a row cannot drive the operator's terminal; ``--json`` output is JSON with ASCII
+escapes, so it is safe as it is.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from celery import Celery
 from celery.bin.base import handle_preload_options
 
 from ..exceptions import ReliableError
+from ..text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,22 +41,40 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
 
 
+class CleanError(click.ClickException):
+    """``Error: ...`` and exit code 1, with the control characters of the message escaped."""
+
+    def format_message(self) -> str:
+        return printable(self.message, multiline=True)
+
+
 @contextmanager
 def reliable_errors() -> Iterator[None]:
     """Turn our errors into a clean ``Error: ...`` line and exit code 1."""
     try:
         yield
     except ReliableError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CleanError(str(exc)) from None
+
+
+def echo(message: Any = "", err: bool = False, nl: bool = True) -> None:
+    """``click.echo`` of human output: newlines and tabs kept, every other control character escaped."""
+    click.echo(printable(message, multiline=True), err=err, nl=nl)
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str, sort_keys=False))
+    """JSON with ASCII escapes (``\\u001b``): no raw control character reaches the terminal."""
+    click.echo(json.dumps(data, indent=2, default=str, sort_keys=False, ensure_ascii=True))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns padded to their widest cell; ``None`` shown as ``-``."""
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    """Columns padded to their widest cell; ``None`` shown as ``-``.
+
+    Each cell is one line: newlines and every other control character in it are escaped, so a
+    stored value can neither fake a row nor drive the terminal.
+    """
+    cells = [[("-" if v is None else printable(v)) for v in row] for row in rows]
+    headers = [printable(h) for h in headers]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, value in enumerate(row):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import click
 from celery.bin.base import CeleryCommand
 
+from ..config import get_settings
 from ..exceptions import ReliableError
 from ..migrate import current_revision, head_revision, upgrade
-from .base import reliable
+from ..store.engine import safe_url
+from .base import CleanError, echo, reliable
 
 
 @reliable.group()
@@ -25,7 +27,7 @@ def upgrade_cmd(ctx: click.Context, revision: str) -> None:
         upgrade(app, revision)
         ctx.obj.echo(f"reliability tables at revision {current_revision(app)}")
     except ReliableError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CleanError(str(exc)) from None
 
 
 @db.command(cls=CeleryCommand)
@@ -36,8 +38,11 @@ def current(ctx: click.Context) -> None:
     try:
         rev = current_revision(app)
     except ReliableError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CleanError(str(exc)) from None
     head = head_revision()
     ctx.obj.echo(f"database: {rev or 'not migrated'}  shipped head: {head}")
     if rev != head:
+        state = "has no reliability tables" if rev is None else f"is at revision {rev}, not {head}"
+        command = f"celery -A {app.main or 'proj'} reliable db upgrade"
+        echo(f"{safe_url(get_settings(app).database_url)} {state}: run {command}", err=True)
         ctx.exit(1)

@@ -9,7 +9,7 @@ import click
 from celery.bin.base import CeleryCommand
 
 from ..doctor import Result, Status, run_checks
-from .base import app_of, echo_json, json_option, reliable, reliable_errors, table
+from .base import app_of, echo, echo_json, json_option, reliable, reliable_errors, table
 
 
 @reliable.command(cls=CeleryCommand)
@@ -26,11 +26,11 @@ def doctor(ctx: click.Context, as_json: bool, strict: bool) -> None:
         echo_json({"results": [r.as_dict() for r in report.results], "counts": counts, "exit_code": code})
     else:
         rows = [row for result in report.results for row in _rows(result)]
-        click.echo(table(("STATUS", "CHECK", "DETAIL", "FIX"), rows))
+        echo(table(("STATUS", "CHECK", "DETAIL", "FIX"), rows))
         summary = ", ".join(f"{n} {status.value}" for status, n in report.counts().items() if n)
-        click.echo(f"\n{summary}" + ("" if code == 0 else f" -> exit {code}"))
+        echo(f"\n{summary}" + ("" if code == 0 else f" -> exit {code}"))
         if any(r.status is Status.FAIL for r in report.results):
-            click.echo("FAIL: tasks are lost or duplicated in ordinary operation until this is fixed.")
+            echo("FAIL: tasks are lost or duplicated in ordinary operation until this is fixed.")
     ctx.exit(code)
 
 

@@ -20,7 +20,7 @@ from ..store.failures import (
     purge_failures,
 )
 from ..store.models import FailedTask, FailureStatus
-from .base import app_of, echo_json, json_option, reliable, reliable_errors, table
+from .base import CleanError, app_of, echo, echo_json, json_option, reliable, reliable_errors, table
 from .options import (
     check_task_name,
     confirm,
@@ -107,7 +107,7 @@ def missing_ids(app: Celery, ids: Sequence[int]) -> None:
         found = set(failure_ids(app, FailureFilter(ids=list(ids))))
         unknown = sorted(set(ids) - found)
         if unknown:
-            raise click.ClickException(
+            raise CleanError(
                 f"no failed task with id {', '.join(map(str, unknown))}; nothing was changed "
                 "(see celery -A proj reliable failed list)"
             )
@@ -132,7 +132,7 @@ def list_cmd(ctx: click.Context, /, limit: int, as_json: bool, **filters: Any) -
         (r.id, r.status, r.task_name, r.exc_type, r.reason, r.attempts, short_time(r.last_failed_at), r.replay_task_id)
         for r in rows
     ]
-    click.echo(table(headers, cells) if rows else "no failed tasks match")
+    echo(table(headers, cells) if rows else "no failed tasks match")
 
 
 @failed.command(cls=CeleryCommand)
@@ -145,7 +145,7 @@ def show(ctx: click.Context, failure_id: int, as_json: bool) -> None:
     with reliable_errors():
         row = get_failure(app, failure_id)
     if row is None:
-        raise click.ClickException(f"no failed task with id {failure_id} (see celery -A proj reliable failed list)")
+        raise CleanError(f"no failed task with id {failure_id} (see celery -A proj reliable failed list)")
     data = failure_dict(row)
     if as_json:
         echo_json(data)
@@ -153,8 +153,8 @@ def show(ctx: click.Context, failure_id: int, as_json: bool) -> None:
     traceback = data.pop("traceback")
     for key in ("args", "kwargs", "options", "raw_message"):
         data[key] = json.dumps(data[key], sort_keys=True)
-    click.echo(table(["field", "value"], list(data.items())))
-    click.echo(f"\n{traceback.rstrip()}" if traceback else "\n(no traceback stored)")
+    echo(table(["field", "value"], list(data.items())))
+    echo(f"\n{traceback.rstrip()}" if traceback else "\n(no traceback stored)")
 
 
 @failed.command(cls=CeleryCommand)
@@ -191,9 +191,9 @@ def purge(
     if as_json:
         echo_json({"selected": len(chosen), "deleted": deleted, "dry_run": dry_run, "kept_replaying": busy})
     elif dry_run:
-        click.echo(f"would delete {len(chosen)} failed task row(s)")
+        echo(f"would delete {len(chosen)} failed task row(s)")
     else:
-        click.echo(f"deleted {deleted} failed task row(s)" + (f"; kept {busy} being replayed" if busy else ""))
+        echo(f"deleted {deleted} failed task row(s)" + (f"; kept {busy} being replayed" if busy else ""))
 
 
 @failed.command(cls=CeleryCommand)
@@ -212,4 +212,4 @@ def export(ctx: click.Context, /, output: str, **filters: Any) -> None:
             out.write(json.dumps(failure_dict(row), sort_keys=True) + "\n")
             count += 1
     if output != "-":
-        click.echo(f"exported {count} failed task row(s)", err=True)
+        echo(f"exported {count} failed task row(s)", err=True)

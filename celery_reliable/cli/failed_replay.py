@@ -11,7 +11,7 @@ from ..exceptions import ReliableError
 from ..replay import replay
 from ..store.failures import failure_ids
 from ..store.models import FailureStatus
-from .base import app_of, echo_json, json_option, reliable_errors, table
+from .base import CleanError, app_of, echo, echo_json, json_option, reliable_errors, table
 from .failed import failed, make_filter, missing_ids, task_filter_options
 from .options import confirm, dry_run_option, json_value, paced, progress, rate_option, yes_option
 
@@ -55,7 +55,7 @@ def replay_cmd(
         missing_ids(app, ids)
         chosen = failure_ids(app, selected)
     if not chosen:
-        click.echo("[]" if as_json else "no failed tasks match; nothing to replay")
+        echo("[]" if as_json else "no failed tasks match; nothing to replay")
         return
     if not dry_run:
         target = f" to queue {queue!r}" if queue else ""
@@ -72,14 +72,14 @@ def replay_cmd(
     if as_json:
         echo_json(results)
     elif len(chosen) == 1 and errors:
-        raise click.ClickException(errors[0]["error"])
+        raise CleanError(errors[0]["error"])
     else:
         shown = results if len(results) <= SHOWN_ROWS else errors
         cells = [(r["id"], r["task_name"], r["task_id"] or ("(dry run)" if not r["error"] else None), r["error"])
                  for r in shown]  # fmt: skip
         if cells:
-            click.echo(table(["id", "task", "new task id", "error"], cells))
+            echo(table(["id", "task", "new task id", "error"], cells))
         verb = "would replay" if dry_run else "replayed"
-        click.echo(f"{verb} {len(results) - len(errors)} of {len(results)} failed task(s)")
+        echo(f"{verb} {len(results) - len(errors)} of {len(results)} failed task(s)")
     if errors:
         ctx.exit(1)

@@ -6,7 +6,7 @@ import click
 from celery.bin.base import CeleryCommand
 
 from ..exceptions import ReliableError
-from .base import reliable
+from .base import CleanError, reliable
 
 
 @reliable.command(name="flower", cls=CeleryCommand, context_settings={"ignore_unknown_options": True})
@@ -20,10 +20,10 @@ def flower_cmd(ctx: click.Context, flower_argv: tuple[str, ...]) -> None:
     try:
         from ..flower.server import run
     except ImportError as exc:
-        raise click.ClickException(
+        raise CleanError(
             f"Flower is not installed ({exc}); install it with: pip install 'celery_reliable[flower]'"
         ) from None
     try:
         run(ctx.obj.app, list(flower_argv), quiet=bool(ctx.obj.quiet))
     except ReliableError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CleanError(str(exc)) from None

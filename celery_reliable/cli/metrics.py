@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 from celery.bin.base import CeleryCommand
+from prometheus_client import generate_latest, write_to_textfile
 
 from .. import metrics
-from .base import reliable
+from .base import CleanError, echo, reliable
 
 
 @reliable.command(name="metrics", cls=CeleryCommand)
@@ -21,13 +22,13 @@ def metrics_cmd(ctx: click.Context, output: str | None) -> None:
     Exits 1 when the database cannot be read; the output then says celery_reliable_up 0.
     """
     app = ctx.obj.app
+    registry, error = metrics.read_once(app)
     if output:
         try:
-            ok = metrics.write_textfile(app, output)
+            write_to_textfile(output, registry)
         except OSError as exc:
-            raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+            raise CleanError(f"cannot write {output}: {exc.strerror or exc}") from None
     else:
-        text, ok = metrics.exposition(app)
-        click.echo(text.decode(), nl=False)
-    if not ok:
-        raise click.ClickException("the reliability tables could not be read (celery_reliable_up 0); see the log")
+        echo(generate_latest(registry).decode(), nl=False)
+    if error is not None:
+        raise CleanError(f"the reliability tables could not be read (celery_reliable_up 0): {error}")

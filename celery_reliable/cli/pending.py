@@ -24,7 +24,7 @@ from ..store.pending import (
     pending_ids,
     requeue_stuck,
 )
-from .base import app_of, echo_json, json_option, reliable, reliable_errors, table
+from .base import CleanError, app_of, echo, echo_json, json_option, reliable, reliable_errors, table
 from .options import (
     check_task_name,
     confirm,
@@ -103,7 +103,7 @@ def select_rows(app: Celery, ids: Sequence[int], everything: bool, filters: dict
         rows = pending_ids(app, selected)
     unknown = sorted(set(ids) - {i for i, _ in rows}) if ids else []
     if unknown and not any(v is not None for v in filters.values()):
-        raise click.ClickException(
+        raise CleanError(
             f"no pending message with id {', '.join(map(str, unknown))}; nothing was changed "
             "(see celery -A proj reliable pending list)"
         )
@@ -130,7 +130,7 @@ def list_cmd(ctx: click.Context, /, limit: int, as_json: bool, **filters: Any) -
          short_time(r.next_attempt_at) if r.status == PendingStatus.PENDING else None, r.last_error[:60] or None)
         for r in rows
     ]  # fmt: skip
-    click.echo(table(headers, cells) if rows else "no pending messages match")
+    echo(table(headers, cells) if rows else "no pending messages match")
 
 
 @pending.command(cls=CeleryCommand)
@@ -143,16 +143,14 @@ def show(ctx: click.Context, pending_id: int, as_json: bool) -> None:
     with reliable_errors():
         row = get_pending(app, pending_id)
     if row is None:
-        raise click.ClickException(
-            f"no pending message with id {pending_id} (see celery -A proj reliable pending list)"
-        )
+        raise CleanError(f"no pending message with id {pending_id} (see celery -A proj reliable pending list)")
     data = pending_dict(row)
     if as_json:
         echo_json(data)
         return
     for key in ("args", "kwargs", "options"):
         data[key] = json.dumps(data[key], sort_keys=True)
-    click.echo(table(["field", "value"], list(data.items())))
+    echo(table(["field", "value"], list(data.items())))
 
 
 def resend(app: Celery, ids: Sequence[int]) -> RelayStats:
@@ -204,18 +202,18 @@ def resend_cmd(
     if as_json:
         echo_json({"selected": len(rows), "skipped": skipped, "dry_run": dry_run, **dataclasses.asdict(total)})
     elif dry_run:
-        click.echo(f"would resend {len(chosen)} pending message(s); {skipped} sent or expired row(s) skipped")
+        echo(f"would resend {len(chosen)} pending message(s); {skipped} sent or expired row(s) skipped")
     else:
         counts = [(k, getattr(total, k)) for k in ("sent", "failed", "dead", "expired", "invalid", "released")]
-        click.echo(table(["outcome", "rows"], [("selected", len(rows)), ("skipped (sent/expired)", skipped), *counts]))
+        echo(table(["outcome", "rows"], [("selected", len(rows)), ("skipped (sent/expired)", skipped), *counts]))
         not_claimed = len(chosen) - total.claimed
         if not_claimed:
-            click.echo(f"{not_claimed} row(s) were held by a running relay and left to it")
+            echo(f"{not_claimed} row(s) were held by a running relay and left to it")
         for error in total.errors[:5]:
-            click.echo(f"error: {error}", err=True)
+            echo(f"error: {error}", err=True)
         for state in ("invalid", "expired"):
             if getattr(total, state):
-                click.echo(f"see why: celery -A proj reliable pending list --status {state}", err=True)
+                echo(f"see why: celery -A proj reliable pending list --status {state}", err=True)
     if not dry_run and missed:
         ctx.exit(1)
 
@@ -252,6 +250,6 @@ def drop(
     if as_json:
         echo_json({"selected": len(rows), "deleted": deleted, "dry_run": dry_run, "kept_claimed": kept})
     elif dry_run:
-        click.echo(f"would delete {len(chosen)} pending row(s)")
+        echo(f"would delete {len(chosen)} pending row(s)")
     else:
-        click.echo(f"deleted {deleted} pending row(s)" + (f"; kept {kept} held by a relay" if kept else ""))
+        echo(f"deleted {deleted} pending row(s)" + (f"; kept {kept} held by a relay" if kept else ""))

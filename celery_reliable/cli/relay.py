@@ -8,7 +8,7 @@ import click
 from celery.bin.base import CeleryCommand
 
 from ..relay import relay_once
-from .base import app_of, echo_json, json_option, reliable, reliable_errors, table
+from .base import app_of, echo, echo_json, json_option, reliable, reliable_errors, table
 
 
 @reliable.command(name="relay", cls=CeleryCommand)
@@ -31,8 +31,8 @@ def relay_cmd(
         echo_json(dataclasses.asdict(stats))
     else:
         keys = ("claimed", "sent", "failed", "dead", "expired", "invalid", "released", "batches")
-        click.echo(table(["relay pass", "rows"], [(k, getattr(stats, k)) for k in keys]))
+        echo(table(["relay pass", "rows"], [(k, getattr(stats, k)) for k in keys]))
         for error in stats.errors[:5]:
-            click.echo(f"error: {error}", err=True)
+            echo(f"error: {error}", err=True)
     if stats.broker_down:
         ctx.exit(1)

@@ -8,9 +8,12 @@ import click
 from celery.bin.base import CeleryCommand
 
 from ..config import get_settings
-from ..status import backlog_threshold, summary
+from ..status import backlog_threshold, summary, top_counts
 from ..store.engine import safe_url
-from .base import app_of, echo_json, json_option, reliable, reliable_errors, table
+from .base import app_of, echo, echo_json, json_option, reliable, reliable_errors, table
+
+#: Task names and exception types listed by ``status``; the rest are added up as "(other)".
+SHOWN = 20
 
 
 def _age(seconds: float | None) -> str:
@@ -43,23 +46,24 @@ def status(ctx: click.Context, as_json: bool) -> None:
             {"database": safe_url(settings.database_url), "healthy": result.healthy, **dataclasses.asdict(result)}
         )
     else:
-        click.echo(f"database: {safe_url(settings.database_url)}\n")
+        echo(f"database: {safe_url(settings.database_url)}\n")
         alarm = _age(backlog_threshold(settings))
-        click.echo(f"pending messages (oldest unsent: {_age(result.oldest_pending_age)}; alarm after {alarm})")
-        click.echo(table(list(result.pending), [list(result.pending.values())]))
-        click.echo("\nfailed tasks")
-        click.echo(table(list(result.failed_by_status), [list(result.failed_by_status.values())]))
+        echo(f"pending messages (oldest unsent: {_age(result.oldest_pending_age)}; alarm after {alarm})")
+        echo(table(list(result.pending), [list(result.pending.values())]))
+        echo("\nfailed tasks")
+        echo(table(list(result.failed_by_status), [list(result.failed_by_status.values())]))
         if result.failed_by_task:
-            click.echo("")
-            click.echo(table(["awaiting action: task", "rows"], list(result.failed_by_task.items())))
-            click.echo("")
-            click.echo(table(["awaiting action: exception", "rows"], list(result.failed_by_exception.items())))
-        click.echo(f"\nprocessed ids kept: {result.processed_ids}\n")
+            echo("")
+            echo(table(["awaiting action: task", "rows"], list(top_counts(result.failed_by_task, SHOWN).items())))
+            echo("")
+            exceptions = top_counts(result.failed_by_exception, SHOWN)
+            echo(table(["awaiting action: exception", "rows"], list(exceptions.items())))
+        echo(f"\nprocessed ids kept: {result.processed_ids}\n")
         if result.attention:
-            click.echo("NEEDS ATTENTION:")
+            echo("NEEDS ATTENTION:")
             for reason in result.attention:
-                click.echo(f"  - {reason}")
+                echo(f"  - {reason}")
         else:
-            click.echo("OK: nothing needs a person")
+            echo("OK: nothing needs a person")
     if result.attention:
         ctx.exit(1)

@@ -11,7 +11,7 @@ from celery.bin.base import CeleryCommand
 from ..exceptions import ReliableError
 from ..verify.plan import PROBES, Plan, VerifyOptions
 from ..verify.report import EXIT_NOT_RUN, VerifyReport
-from .base import app_of, echo_json, json_option, reliable, table
+from .base import app_of, echo, echo_json, json_option, reliable, table
 
 
 def _app_path(ctx: click.Context, given: str | None) -> str | None:
@@ -72,19 +72,19 @@ def verify(ctx: click.Context, /, show_plan: bool, app_path: str | None, as_json
         return
     if path is None:
         raise click.UsageError("verify starts workers of your app: run it as  celery -A proj reliable verify")
-    echo = (lambda _: None) if as_json else (lambda line: click.echo(line, err=True))
+    report_line = (lambda _: None) if as_json else (lambda line: echo(line, err=True))
     try:
-        report = run_verify(app, options, app_path=path, echo=echo)
+        report = run_verify(app, options, app_path=path, echo=report_line)
     except ReliableError as exc:  # VerifySetupError, or a database error mid-run
         if as_json:
             echo_json({"passed": False, "exit_code": EXIT_NOT_RUN, "error": str(exc)})
         else:
-            click.echo(f"Error: the check could not run: {exc}", err=True)
+            echo(f"Error: the check could not run: {exc}", err=True)
         ctx.exit(EXIT_NOT_RUN)
     if as_json:
         echo_json(report.as_dict())
     else:
-        click.echo(render(report))
+        echo(render(report))
     ctx.exit(report.exit_code)
 
 
@@ -110,11 +110,11 @@ def _echo_plan(plan: Plan, app_path: str | None, as_json: bool) -> None:
         return
     for key, value in data.items():
         if key == "touches":
-            click.echo("touches:")
+            echo("touches:")
             for line in data["touches"]:  # type: ignore[union-attr]
-                click.echo(f"  - {line}")
+                echo(f"  - {line}")
         else:
-            click.echo(f"{key}: {value}")
+            echo(f"{key}: {value}")
 
 
 def render(report: VerifyReport) -> str:

@@ -15,6 +15,7 @@ from ..config import ReliableSettings
 from ..exceptions import StoreError
 from ..migrate import current_revision, head_revision
 from ..store.engine import safe_url
+from ..store.errors import diagnose
 from .result import Result, Status
 
 
@@ -53,13 +54,13 @@ def check_schema(app: Celery, settings: ReliableSettings) -> Result:
         )
     try:
         revision = current_revision(app)
-    except Exception as exc:  # StoreError, or a bad URL / missing driver raised before connecting
-        text = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # StoreError (unknown dialect, missing driver, unreachable), or worse
+        problem = diagnose(url, exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ else exc)
         return Result(
             "db.schema",
             Status.FAIL,
-            _without_password(f"database {shown} is not reachable: {text}", url),
-            "check reliable_database_url and that the database server answers",
+            _without_password(problem.detail + ": failures cannot be stored and stay with the broker", url),
+            _without_password(problem.fix.replace("celery -A proj", f"celery -A {app.main or 'proj'}"), url),
         )
     head = head_revision()
     if revision is None:

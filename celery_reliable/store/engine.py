@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import get_settings
+from ..exceptions import StoreError
+from .errors import diagnose, mask
 
 
 @dataclass
@@ -60,6 +62,16 @@ def _make_engine(url: str, **options: Any) -> Engine:
 
         return engine
     return create_engine(url, **{"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, **options})
+
+
+def make_engine(url: str, **options: Any) -> Engine:
+    """An engine for ``url``; a URL that cannot work (unknown dialect, driver not installed, not a
+    URL) raises :class:`StoreError` saying why and what to write instead, never an ImportError.
+    """
+    try:
+        return _make_engine(url, **options)
+    except (SQLAlchemyError, ImportError) as exc:
+        raise StoreError(str(diagnose(url, exc))) from exc
 
 
 def get_engine(app: Celery) -> Engine:
@@ -119,7 +131,7 @@ def _handle(app: Celery) -> _Handle:
             handle = None
         if handle is None:
             url = get_settings(app).database_url
-            engine = _make_engine(url)
+            engine = make_engine(url)
             handle = _Handle(pid, url, engine, sessionmaker(engine, expire_on_commit=False))
             _handles[app] = handle
         return handle
@@ -142,4 +154,4 @@ def dispose(app: Celery) -> None:
 
 def safe_url(url: str) -> str:
     """The URL with its password masked, for logs and errors."""
-    return str(maybe_sanitize_url(url))
+    return mask(url)

@@ -54,11 +54,14 @@ def session_scope(app: Celery) -> Iterator[Session]:
 
 
 def store_error(url: str, exc: BaseException) -> StoreError:
-    """The error for a failed database operation: the sanitised URL, the cause, the fix."""
-    return StoreError(
-        f"celery_reliable database {safe_url(url)} failed: {type(exc).__name__}: {_first_line(exc)}. "
-        "Check that it is reachable and migrated (celery -A proj reliable db upgrade)."
-    )
+    """The error for a failed database operation: the masked URL, the real cause, the fix.
+
+    An unknown dialect, a missing driver, a server that does not answer and tables never
+    created each get their own advice (see :func:`~celery_reliable.store.errors.diagnose`).
+    """
+    from .errors import diagnose
+
+    return StoreError(str(diagnose(url, exc)))
 
 
 def delete_in_batches(app: Celery, key: Any, *conditions: Any, batch: int = 5000) -> int:
