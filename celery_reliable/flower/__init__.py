@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import flower  # type: ignore[import-untyped]
+from prometheus_client import REGISTRY
 from tornado.options import define, options
 
 from .. import metrics
@@ -74,7 +75,15 @@ def install(flower_app: Any, *, metrics_cache: float | None = None, nav_link: bo
         flower_app.add_transform(nav_transform(f"{prefix}/reliability"))
     if not _collector:
         cache = options.reliable_metrics_cache if metrics_cache is None else metrics_cache
-        _collector.append(metrics.register(flower_app.capp, cache_seconds=cache))
+        try:
+            collector = metrics.ReliableCollector(flower_app.capp, cache_seconds=cache)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"--reliable_metrics_cache={cache!r} is not valid: expected a number of seconds from 0 to "
+                f"{metrics.MAX_CACHE_SECONDS:g} (how long a /metrics reading of the tables is reused)"
+            ) from None
+        REGISTRY.register(collector)
+        _collector.append(collector)
     logger.info("celery_reliable: Reliability page at %s/reliability", prefix)
 
 

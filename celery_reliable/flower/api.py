@@ -16,10 +16,10 @@ from celery import Celery
 from flower.api import BaseApiHandler  # type: ignore[import-untyped]
 from tornado.routing import URLSpec
 
-from ..exceptions import ReliableError
 from ..status import summary
 from . import rows
 from .handlers import Reliable
+from .jobs import jobs_of
 from .rows import Query
 
 
@@ -27,10 +27,7 @@ class _Api(BaseApiHandler, Reliable):  # type: ignore[misc]
     """A JSON answer computed off the event loop; a database error is a 503 with the reason."""
 
     async def respond(self, func: Callable[..., Any], *args: Any) -> None:
-        try:
-            data = await self.blocking(func, *args)
-        except ReliableError as exc:
-            raise tornado.web.HTTPError(503, str(exc)) from None
+        data = await self.read(func, *args)  # a store error: 503 without the database's name
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.write(json.dumps(data, default=str))
 
@@ -73,10 +70,21 @@ class SummaryApi(_Api):
         await self.respond(_summary, self.app)
 
 
+class JobApi(_Api):
+    """``GET /api/reliable/job``: progress of the page's last bulk replay or purge (``null`` if none)."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        progress = jobs_of(self.application).progress()
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.write(json.dumps(progress.as_dict() if progress is not None else None))
+
+
 def api_rules(prefix: str = "") -> list[URLSpec]:
     """The JSON routes, under Flower's ``--url_prefix``."""
     return [
         tornado.web.url(prefix + r"/api/reliable/failures", FailuresApi),
         tornado.web.url(prefix + r"/api/reliable/pending", PendingApi),
         tornado.web.url(prefix + r"/api/reliable/summary", SummaryApi),
+        tornado.web.url(prefix + r"/api/reliable/job", JobApi),
     ]

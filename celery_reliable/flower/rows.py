@@ -11,7 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from ..exceptions import ReliableError
 from ..status import Summary, pending_statuses, summary
@@ -20,6 +21,10 @@ from ..store.models import FailedTask, FailureStatus, PendingMessage, PendingSta
 
 #: Most rows one page or API call returns.
 MAX_LIMIT = 1000
+#: Task names (and exception types) offered in the page's filter lists: the most common ones.
+CHOICES = 50
+#: Characters of a traceback (and of an exception message) shown per row on the page.
+TRACEBACK_SHOWN = 4000
 DEFAULT_LIMIT = 50
 #: ``pending_status`` value that lists every row, sent ones included (the default hides sent rows).
 ALL = "all"
@@ -109,6 +114,14 @@ def short_json(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def clip(text: str | None, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out (the page stays small)."""
+    text = text or ""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n… {len(text) - limit} more characters (celery -A proj reliable failed show ID)"
+
+
 def short_time(iso: str | None) -> str:
     """``2026-01-31 12:00:00`` from an ISO time (the page says the times are UTC)."""
     return iso[:19].replace("T", " ") if iso else "-"
@@ -132,14 +145,21 @@ def pending(app: Celery, query: Query) -> list[dict[str, Any]]:
         return [pending_dict(r) for r in session.execute(statement).scalars()]
 
 
+def _most_common(session: Session, column: Any) -> list[str]:
+    """The :data:`CHOICES` values of ``column`` with the most rows, in alphabetical order."""
+    count = func.count().label("n")
+    top = select(column, count).group_by(column).order_by(count.desc(), column).limit(CHOICES)
+    return sorted(str(value) for value, _ in session.execute(top) if value)
+
+
 def choices(app: Celery) -> tuple[list[str], list[str]]:
-    """Task names and exception types present in the failed table (for the filter lists)."""
+    """Task names and exception types for the filter lists: the most common ones only.
+
+    Anyone who can publish can create task names (an unknown name is stored as sent), so the
+    list is capped; any name can still be typed into the filter.
+    """
     with session_scope(app) as session:
-        names = session.execute(select(FailedTask.task_name).distinct().order_by(FailedTask.task_name)).scalars()
-        task_names = [str(n) for n in names]
-        types = session.execute(select(FailedTask.exc_type).distinct().order_by(FailedTask.exc_type)).scalars()
-        exception_types = [str(t) for t in types if t]
-    return task_names, exception_types
+        return _most_common(session, FailedTask.task_name), _most_common(session, FailedTask.exc_type)
 
 
 def load(app: Celery, query: Query) -> Page:

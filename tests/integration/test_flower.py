@@ -35,6 +35,8 @@ from tests.harness import PYTHON, ROOT, free_port, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
 USER, PASSWORD = "ops", "s3cret-pass"
+#: Celery config module that sets reliable_flower_unauthenticated_actions = True.
+ACTIONS_CONF = "tests.apps.flower_actions_conf"
 SCREENSHOT = ROOT / "docs" / "img" / "flower-reliability.png"
 
 
@@ -171,7 +173,9 @@ def env(request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest
     tmp = tmp_path_factory.mktemp("flower")
     scenarios = make_scenario(request, redis_url, f"sqlite:///{tmp / 'reliable.sqlite3'}", tmp)
     scenario = next(scenarios)
-    flower = FlowerProcess(scenario.env(FLOWER_UNAUTHENTICATED_API="true"), tmp / "flower.log").start()
+    # Without a login, replay and purge need the operator's opt-in (test_flower_security.py checks the refusal).
+    open_env = scenario.env(FLOWER_UNAUTHENTICATED_API="true", CELERY_CONFIG_MODULE=ACTIONS_CONF)
+    flower = FlowerProcess(open_env, tmp / "flower.log").start()
     secured = FlowerProcess(scenario.env(), tmp / "secured.log", [f"--basic-auth={USER}:{PASSWORD}"]).start()
     app = Celery("flower-test", broker=scenario.broker_url, set_as_current=False)
     app.conf.reliable_database_url = scenario.db.url
