@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from tornado.options import define, options
 
 from .. import metrics
+from ..config import get_settings
 from ..exceptions import ImproperlyConfigured
 from .api import api_rules
 from .handlers import page_rules
@@ -64,11 +65,13 @@ def install(flower_app: Any, *, metrics_cache: float | None = None, nav_link: bo
     """Add the page, its JSON API and the table metrics to a ``flower.app.Flower`` application.
 
     Handlers go in with tornado's ``Application.add_handlers`` (ahead of Flower's catch-all
-    404), so they are served on Flower's port, behind Flower's authentication. The metrics
+    404), so they are served on Flower's port, behind Flower's authentication. The app's
+    ``reliable_*`` settings are validated first (:class:`ImproperlyConfigured` if one is not). The metrics
     collector joins Prometheus' default registry, which Flower serves on ``/metrics``; it is
     registered once per process.
     """
     check_version()
+    get_settings(flower_app.capp)  # an invalid reliable_* setting stops Flower now, with its message
     prefix = url_prefix(flower_app)
     flower_app.add_handlers(r".*", page_rules(prefix) + api_rules(prefix))
     if options.reliable_nav_link if nav_link is None else nav_link:

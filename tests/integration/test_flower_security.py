@@ -254,3 +254,32 @@ def test_chromium_confirms_a_purge_under_the_content_security_policy(env: Env, t
         assert violations == []
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize(
+    ("extra_env", "args", "message"),
+    [
+        (
+            {"RELIABLE_TEST_BACKOFF": "nan"},
+            [],
+            "reliable_retry_backoff = nan is not valid: expected a number of seconds",
+        ),
+        (
+            {},
+            ["--reliable_metrics_cache=nan"],
+            "--reliable_metrics_cache=nan is not valid: expected a number of seconds",
+        ),
+    ],
+)
+def test_flower_refuses_to_start_with_a_nan_setting(
+    env: Env, tmp_path: Path, extra_env: dict[str, str], args: list[str], message: str
+) -> None:
+    flower = FlowerProcess(env.scenario.env(**extra_env), tmp_path / "flower.log", args).start()
+    try:
+        assert flower.proc is not None
+        code = flower.proc.wait(timeout=60)
+    finally:
+        flower.stop()
+    output = flower.log.read_text(errors="replace")
+    assert code == 1 and message in output, output[-2000:]
+    assert "Traceback" not in output
