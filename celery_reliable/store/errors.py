@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 #: The URL prefix and the package extra of each database the package is tested on.
 SUPPORTED = {
@@ -132,12 +139,16 @@ def diagnose(url: str, exc: BaseException) -> StoreProblem:
             f"celery_reliable database {mask(url)} has no reliability tables, or older ones ({cause})",
             f"Create or update them: {UPGRADE}",
         )
-    if isinstance(exc, DBAPIError) and (exc.connection_invalidated or type(exc).__name__ == "OperationalError"):
-        return StoreProblem(
-            f"celery_reliable database {mask(url)} is not reachable ({cause})",
-            "Check that the server runs and accepts connections, and the host, port, user, password and "
-            "database name in reliable_database_url",
-        )
+    lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if isinstance(exc, OperationalError | InterfaceError) or lost:
+        if parsed.get_backend_name() == "sqlite":
+            fix = "Check that the file's directory exists and that this user may read and write it"
+        else:
+            fix = (
+                "Check that the server runs and accepts connections, and the host, port, user, password and "
+                "database name in reliable_database_url"
+            )
+        return StoreProblem(f"celery_reliable database {mask(url)} is not reachable ({cause})", fix)
     if isinstance(exc, SQLAlchemyError | ImportError):
         return StoreProblem(
             f"celery_reliable database {mask(url)} failed: {cause}",
