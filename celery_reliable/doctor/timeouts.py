@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from celery import Celery
 
+from ..config import get_settings
 from ..install import AMQP_SCHEMES, REDIS_SCHEMES, TIME_LIMIT_MARGIN, broker_scheme, visibility_timeout
+from ..versions import kombu_sweeps_on_its_own
 from .result import Result, Status
 from .tasks import TaskFacts, names
 
@@ -107,9 +109,12 @@ def check_restore_sweep(app: Celery) -> Result | None:
     if broker_scheme(app) not in REDIS_SCHEMES:
         return None
     options = app.conf.broker_transport_options or {}
-    period = float(options.get("unacked_restore_interval", 10)) * max(
-        1, int(options.get("unacked_restore_throttle", 10))
-    )
+    if kombu_sweeps_on_its_own():
+        period = float(options.get("unacked_restore_interval", 10)) * max(
+            1, int(options.get("unacked_restore_throttle", 10))
+        )
+    else:  # kombu < 5.7 scans every 100 s; celery_reliable's worker step scans at its own period
+        period = get_settings(app).restore_interval
     lock = float(options.get("unacked_mutex_expire", 300))
     problems = []
     if period > SWEEP_PERIOD_LIMIT:
