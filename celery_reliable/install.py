@@ -14,6 +14,7 @@ from celery import Celery, signals
 
 from .config import ReliableSettings, get_settings
 from .retry import VISIBILITY_MARGIN
+from .versions import kombu_fetch_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ def install(app: Celery) -> ReliableSettings:
     from .bootstep import ReliableWorkerStep
 
     app.steps["worker"].add(ReliableWorkerStep)
+    from .sweep import RestoreSweep
+
+    app.steps["consumer"].add(RestoreSweep)
     _connect_receivers()
     return settings
 
@@ -139,6 +143,9 @@ def atomic_fetch_off(app: Celery) -> str | None:
         return "celery_reliable is not installed on this app (no ReliableTask)"
     if not get_settings(app).redis_atomic_fetch:
         return "reliable_redis_atomic_fetch is False"
+    mismatch = kombu_fetch_mismatch()
+    if mismatch is not None:
+        return mismatch
     if app.conf.broker_transport not in (None, "", *ATOMIC_FETCH_TRANSPORTS, *ATOMIC_FETCH_TRANSPORTS.values()):
         return f"broker_transport is {app.conf.broker_transport!r}"
     if not _is_reliable_consumer(app.conf.worker_consumer):

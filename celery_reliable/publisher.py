@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import celery
 from celery import Celery, uuid
 from celery.app.amqp import AMQP
 from celery.canvas import Signature
@@ -39,6 +38,7 @@ from .install import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme
 from .store.models import PendingStatus
 from .store.payload import NotJSONError, from_stored, to_stored
 from .store.pending import PendingValues, add_pending
+from .versions import SEND_TASK_APPLIES_TASK_OPTIONS, SEND_TASK_IGNORE_RESULT
 
 logger = logging.getLogger(__name__)
 
@@ -339,14 +339,18 @@ def fast_saferepr(value: Any, maxlen: int | None, maxlevels: int) -> str:
 
 
 def _fast_path(app: Celery) -> bool:
-    """Whether :meth:`Publisher.send` may build messages itself: the app uses Celery 5.7's own
-    ``send_task``, message protocol 2 and the stock ``as_task_v2`` (what it mirrors)."""
+    """Whether :meth:`Publisher.send` may build messages itself: the app uses Celery's own
+    ``send_task``, message protocol 2 and the stock ``as_task_v2`` (what it mirrors; the same
+    message on every supported Celery)."""
     return (
-        tuple(celery.VERSION[:2]) == (5, 7)
-        and type(app).send_task is Celery.send_task
+        type(app).send_task is Celery.send_task
         and type(app.amqp).as_task_v2 is AMQP.as_task_v2
         and int(app.conf.task_protocol) == 2
     )
+
+
+#: saferepr's default depth: what Celery before 5.7 (no ``task_repr_maxlevels``) used for argsrepr.
+_SAFEREPR_LEVELS = 3
 
 
 class _Confirms:
@@ -432,7 +436,8 @@ class _Context:
         amqp = app.amqp
         self.app = app
         self.always_eager = bool(conf.task_always_eager)
-        self.maxlevels = conf.task_repr_maxlevels
+        # Celery 5.7 reads task_repr_maxlevels; before it, saferepr's own default (3) was used
+        self.maxlevels = conf.get("task_repr_maxlevels", _SAFEREPR_LEVELS)
         self.argsrepr_maxsize = amqp.argsrepr_maxsize
         self.kwargsrepr_maxsize = amqp.kwargsrepr_maxsize
         self.sent_event = conf.task_send_sent_event
@@ -610,7 +615,7 @@ class Publisher:
         root_id, parent_id = opts.pop("root_id", None), opts.pop("parent_id", None)
         shadow, retries = opts.pop("shadow", None), opts.pop("retries", 0)
         time_limit, soft_time_limit = opts.pop("time_limit", None), opts.pop("soft_time_limit", None)
-        ignore_result = opts.pop("ignore_result", None)
+        ignore_result = opts.pop("ignore_result", SEND_TASK_IGNORE_RESULT)
         reply_to = opts.pop("reply_to", None) or ctx.reply_to
         opts = ctx.route(opts, name, args, kwargs, task_type)
         expiration: float | None = None
@@ -680,6 +685,9 @@ class Publisher:
     def _send_task(
         self, name: str, args: Any, kwargs: Any, task_id: str, options: dict[str, Any], producer: Any
     ) -> None:
+        if not SEND_TASK_APPLIES_TASK_OPTIONS:  # Celery < 5.7: as apply_async would, and as build() does
+            _task_type, defaults = _Context(self.app).task(name)
+            options = dict(defaults, **options)
         self.app.send_task(name, args, kwargs, task_id=task_id, producer=producer, retry=False, **options, **self.extra)
 
     def _bound(self, queue: Queue, producer: Any) -> Queue:

@@ -116,7 +116,6 @@ class AtomicFetch:
     global_keyprefix: str
     unacked_key: str
     unacked_index_key: str
-    brpop_timeout: float
     sep: str
     ResponseError: type[Exception]
     _in_poll: Any
@@ -161,8 +160,8 @@ class AtomicFetch:
             return
         if self._take_sha is None:  # the server lost its script cache (restart): load it again
             self._load_script()
-        if timeout is None:
-            timeout = self.brpop_timeout
+        if timeout is None:  # kombu >= 5.6 passes None and reads brpop_timeout; kombu 5.5 passes 1
+            timeout = getattr(self, "brpop_timeout", 1)
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return

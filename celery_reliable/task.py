@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from billiard.einfo import ExceptionInfo
 from celery import Celery, Task
@@ -77,7 +77,13 @@ def _store_failed_pause() -> None:
     time.sleep(pause)
 
 
-class ReliableTask(Task[Any, Any]):
+if TYPE_CHECKING:
+    _TaskBase = Task[Any, Any]
+else:  # Celery's Task is generic (subscriptable) only from 5.7; the type stubs always say so
+    _TaskBase = Task
+
+
+class ReliableTask(_TaskBase):
     """A Celery task that is never silently lost.
 
     * acknowledged only after it ran (``acks_late``); a lost worker process or a hard time limit

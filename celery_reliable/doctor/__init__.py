@@ -15,7 +15,7 @@ from celery import Celery
 from ..config import get_settings
 from ..exceptions import ImproperlyConfigured
 from ..install import AMQP_SCHEMES, REDIS_SCHEMES, atomic_fetch_off, broker_scheme
-from . import beat, celery_settings, rabbitmq, redis, store, timeouts
+from . import beat, celery_settings, rabbitmq, redis, store, timeouts, versions
 from .result import Report, Result, Status
 from .tasks import TaskFacts, task_facts
 
@@ -107,7 +107,7 @@ def run_checks(app: Celery) -> Report:
         settings = get_settings(app)
     except ImproperlyConfigured as exc:
         return Report.of([Result("settings", Status.FAIL, str(exc), "fix the setting named above")])
-    results: list[Result] = []
+    results: list[Result] = [versions.check_versions()]
     failed_import, tasks = _load_tasks(app)
     if failed_import is not None:
         results.append(failed_import)

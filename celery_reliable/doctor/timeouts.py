@@ -13,7 +13,9 @@ from typing import Any
 
 from celery import Celery
 
+from ..config import get_settings
 from ..install import AMQP_SCHEMES, REDIS_SCHEMES, TIME_LIMIT_MARGIN, broker_scheme, visibility_timeout
+from ..versions import kombu_sweeps_on_its_own
 from .result import Result, Status
 from .tasks import TaskFacts, names
 
@@ -158,8 +160,11 @@ def check_restore_sweep(app: Celery) -> Result | None:
             "broker_transport_options: unacked_restore_interval 10, unacked_restore_throttle 1, "
             "unacked_mutex_expire 20 (or leave them out: ReliableTask sets these)",
         )
-    interval = _option(options, "unacked_restore_interval", 10) or 0.0
-    period = interval * max(1, int(_option(options, "unacked_restore_throttle", 10) or 1))
+    if kombu_sweeps_on_its_own():
+        interval = _option(options, "unacked_restore_interval", 10) or 0.0
+        period = interval * max(1, int(_option(options, "unacked_restore_throttle", 10) or 1))
+    else:  # kombu < 5.7 scans every 100 s; celery_reliable's consumer step scans at its own period
+        period = get_settings(app).restore_interval
     lock = _option(options, "unacked_mutex_expire", 300) or 0.0
     problems = []
     if period > SWEEP_PERIOD_LIMIT:

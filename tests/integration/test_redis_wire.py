@@ -97,9 +97,8 @@ def test_direct_entry_is_what_kombu_writes(
         publisher = get_publisher(app)
         assert publisher.direct_redis()
         task_id = f"id-{case}"
-        # kombu: Celery's own send_task on the same publisher connection
-        publisher._send_kombu("wire.t", list(args), dict(kwargs), task_id, dict(options), publisher.producer,
-                              publisher.context())  # fmt: skip
+        # kombu: Celery's own send_task (not our mirror of it) on the same publisher connection
+        publisher._send_task("wire.t", list(args), dict(kwargs), task_id, dict(options), publisher.producer)
         # direct
         publisher.send("wire.t", list(args), dict(kwargs), task_id, dict(options))
         queue = options.get("queue", "wire")
@@ -109,6 +108,33 @@ def test_direct_entry_is_what_kombu_writes(
         assert direct["properties"]["delivery_tag"] != by_kombu["properties"]["delivery_tag"]
         if "expires" in options:
             assert abs(int(direct["properties"]["expiration"]) - int(by_kombu["properties"]["expiration"])) < 5000
+    finally:
+        reset_publisher(app)
+        dispose(app)
+
+
+@pytest.mark.parametrize("timed", [False, True], ids=["untimed", "eta"])
+def test_task_options_apply_as_apply_async_applies_them(prefix: str, sqlite_db: str, timed: bool) -> None:
+    """A task's own options (its queue, time limits) reach the message as with Celery's apply_async,
+    on every supported Celery (before 5.7, send_task alone did not apply them)."""
+    app = make(prefix, sqlite_db)
+
+    @app.task(name="wire.opts", shared=False, queue="other", time_limit=30, soft_time_limit=20)
+    def opts() -> None:
+        return None
+
+    options: dict[str, Any] = {"eta": datetime(2030, 1, 2, tzinfo=timezone.utc)} if timed else {}
+    try:
+        publisher = get_publisher(app)
+        opts.apply_async(task_id="id-opts", producer=publisher.producer, **options)  # Celery's own path
+        publisher.send("wire.opts", [], {}, "id-opts", dict(options))
+        by_celery, ours = entries(prefix, "other")
+        # apply_async says ignore_result=False (the task's value); publish() leaves it to the task
+        # as send_task does (Celery 5.7: None); the worker reads both the same
+        assert ours["headers"].pop("ignore_result") in (False, None)
+        assert by_celery["headers"].pop("ignore_result") is False
+        assert comparable(ours) == comparable(by_celery)
+        assert ours["headers"]["timelimit"] == [30, 20]
     finally:
         reset_publisher(app)
         dispose(app)
