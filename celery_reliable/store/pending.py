@@ -114,13 +114,13 @@ _SEND_COLUMNS = (
     _T.c.message,
 )  # fmt: skip
 #: The same, with arguments only for rows without a message built ahead: for a relay that sends
-#: those messages as they are (decoding arguments is most of a claim's cost in the relay).
+#: those messages as they are (decoding arguments is most of a claim's cost in the relay). The
+#: options are read for every row: the queue in them is what a stored message must agree with.
 _SEND_COLUMNS_LIGHT = (
     _T.c.id, _T.c.task_id, _T.c.task_name,
     case((_T.c.message.is_(None), _T.c.args), else_=null()).label("args"),
     case((_T.c.message.is_(None), _T.c.kwargs), else_=null()).label("kwargs"),
-    case((_T.c.message.is_(None), _T.c.options), else_=null()).label("options"),
-    _T.c.eta, _T.c.expires_at, _T.c.message,
+    _T.c.options, _T.c.eta, _T.c.expires_at, _T.c.message,
 )  # fmt: skip
 
 
@@ -366,8 +366,9 @@ def mark_failed(
                 PendingMessage.id.in_(list(errors)), PendingMessage.claim_token == token
             )
         ).all()
-        for row_id, attempts in rows:
-            attempts += 1
+        for row_id, stored_attempts in rows:
+            # a count that is not a number (written by hand on SQLite) counts as none
+            attempts = (stored_attempts if type(stored_attempts) is int else 0) + 1
             values: dict[str, Any] = {
                 "attempts": attempts,
                 "last_error": errors[row_id][:10000],
@@ -460,10 +461,15 @@ def get_pending(app: Celery, pending_id: int) -> PendingMessage | None:
 
 
 def requeue_stuck(app: Celery, ids: Sequence[int]) -> int:
-    """Make dead and invalid rows among ``ids`` due now with a fresh count of attempts."""
+    """Make dead and invalid rows among ``ids`` due now with a fresh count of attempts.
+
+    Their message built ahead is dropped: the relay builds it again from the row's columns
+    (checked as they are), so a row refused for a message that disagreed with them goes out as
+    its columns say once a person resends it.
+    """
     if not ids:
         return 0
-    values = {"status": PendingStatus.PENDING, "attempts": 0, "next_attempt_at": utcnow()}
+    values = {"status": PendingStatus.PENDING, "attempts": 0, "next_attempt_at": utcnow(), "message": None}
     with session_scope(app) as session:
         result = session.execute(
             update(_T).where(_T.c.id.in_(list(ids)), _T.c.status.in_(PendingStatus.NEEDS_ACTION)).values(**values)
