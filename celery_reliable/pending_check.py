@@ -12,6 +12,7 @@ all of it (:mod:`.stored_message`). Anything else makes the row ``invalid`` with
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -76,12 +77,21 @@ class RowChecks:
         Checked for a row with a message built ahead too (its options say where the message goes,
         and they are what a resend builds the message from).
         """
-        options = row.options if row.options is not None else {}
+        options: Any
+        text = getattr(row, "options_text", None)  # a light claim's (see store.pending)
+        if text is not None:
+            try:
+                options = json.loads(text)
+            except ValueError as exc:  # PostgreSQL wrote it: cannot happen, but it is input
+                raise Refused(f"options are not JSON: {exc}") from None
+        else:
+            options = row.options if row.options is not None else {}
         try:
             check_delivery_options(row.task_name, options)  # types; no header may be Celery's own
         except BadMessageError as exc:
             raise Refused(str(exc)) from None
-        return options
+        checked: dict[str, Any] = options  # a mapping: check_delivery_options refused anything else
+        return checked
 
     def stored_entry(self, row: Any) -> Entry:
         """The row's message built ahead, once it agrees with the row (see :mod:`.stored_message`)."""

@@ -54,20 +54,16 @@ def _layout(text: str) -> tuple[str, Any, Any] | None:
     return text[len(_HEAD) : end], headers, properties
 
 
-def _parsed(text: str) -> tuple[dict[str, Any], Any, Any, Any, bool]:
-    """(envelope, body, headers, properties, re-encode): any other JSON layout is parsed whole and
-    re-encoded after the checks (its delivery tag could land elsewhere)."""
-    laid_out = _layout(text)
-    if laid_out is not None:
-        body, headers, properties = laid_out
-        return {"content-type": _JSON, "content-encoding": "utf-8"}, body, headers, properties, False
+def _whole(text: str) -> dict[str, Any]:
+    """An envelope in any other JSON layout: parsed whole (and re-encoded once checked: its
+    delivery tag could land elsewhere)."""
     try:
         envelope = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise Refused(f"the stored message is corrupt (not JSON: {exc})") from None
     if type(envelope) is not dict:
         raise Refused("the stored message is corrupt (not a JSON object)")
-    return envelope, envelope.get("body"), envelope.get("headers"), envelope.get("properties"), True
+    return envelope
 
 
 def verified_entry(app: Celery, facts: Facts, row: Any, queue: str, priority: Any = None, task: Any = _LOOKUP) -> Entry:
@@ -86,10 +82,19 @@ def verified_entry(app: Celery, facts: Facts, row: Any, queue: str, priority: An
     stored_key, sep, text = message.partition("\n")
     if not sep:
         raise Refused("the stored message is corrupt (no list key line)")
-    envelope, body, headers, properties, reencode = _parsed(text)
+    laid_out = _layout(text)
+    body: Any
+    content_type: Any
+    encoding: Any
+    if laid_out is not None:
+        body, headers, properties = laid_out
+        content_type, encoding, reencode = _JSON, "utf-8", False
+    else:
+        envelope = _whole(text)
+        body, headers, properties = envelope.get("body"), envelope.get("headers"), envelope.get("properties")
+        content_type, encoding, reencode = envelope.get("content-type"), envelope.get("content-encoding"), True
     if type(body) is not str or type(headers) is not dict or type(properties) is not dict or not properties:
         raise Refused("the stored message is corrupt (no body, headers or properties)")
-    content_type, encoding = envelope.get("content-type"), envelope.get("content-encoding")
     if content_type != _JSON or encoding != "utf-8" or properties.get("body_encoding") != "base64":
         raise Refused(
             f"the stored message's body is {short(content_type, 40)} in {short(encoding, 20)}, "
