@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from celery import Celery
 from sqlalchemy import (
@@ -125,9 +125,28 @@ _SEND_COLUMNS_LIGHT = (
     case((_T.c.message.is_(None), _T.c.args), else_=null()).label("args"),
     case((_T.c.message.is_(None), _T.c.kwargs), else_=null()).label("kwargs"),
     case((_T.c.message.is_(None), _T.c.options), else_=null()).label("options"),
-    case((_T.c.message.is_not(None), cast(_T.c.options, Text)), else_=null()).label("options_text"),
     _T.c.eta, _T.c.expires_at, _T.c.message,
+    case((_T.c.message.is_not(None), cast(_T.c.options, Text)), else_=null()).label("options_text"),
 )  # fmt: skip
+
+
+class ClaimedRow(NamedTuple):
+    """A claimed row as the relay reads it: the columns above, in their order, as stored.
+
+    A plain tuple, read once from the driver's row: the relay reads each column several times
+    while it checks the row, and a SQLAlchemy ``Row`` attribute costs about 0.4 us.
+    """
+
+    id: int
+    task_id: Any
+    task_name: Any
+    args: Any
+    kwargs: Any
+    options: Any
+    eta: Any
+    expires_at: Any
+    message: Any
+    options_text: str | None = None
 
 
 class PendingRow(Protocol):
@@ -237,7 +256,7 @@ def claim_rows(
     ids: Iterable[int] | None = None,
     after_id: int | None = None,
     light: bool = False,
-) -> tuple[str, list[Row[Any]]]:
+) -> tuple[str, list[ClaimedRow]]:
     """Like :func:`claim`, returning light rows (the columns the relay sends), oldest first.
 
     ``after_id``: only rows with a higher id (a relay pass continuing where its last batch
@@ -265,10 +284,10 @@ def claim_rows(
             rows = list(conn.execute(chosen.with_only_columns(*columns).with_for_update(skip_locked=True)))
             if rows:
                 conn.execute(update(_T).where(_T.c.id.in_([r.id for r in rows])).values(**values))
-    return token, sorted(rows, key=_row_id)
+    return token, sorted((ClaimedRow(*row) for row in rows), key=_row_id)
 
 
-def _row_id(row: Row[Any] | PendingMessage) -> int:
+def _row_id(row: Row[Any] | ClaimedRow | PendingMessage) -> int:
     return int(row.id)
 
 
