@@ -10,13 +10,13 @@ write fails too does the caller get an error.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import inspect
 import logging
 import random
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -35,9 +35,15 @@ from . import redis_wire
 from .config import get_settings
 from .exceptions import BadMessageError, NotJSONArgumentsError, PublishError, StoreError
 from .install import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme
+from .protocol import PROTOCOL_HEADERS as PROTOCOL_HEADERS  # the one list; importable from here as before
+from .protocol import protocol_clash, without_protocol
 from .store.models import PendingStatus
 from .store.payload import NotJSONError, from_stored, to_stored
 from .store.pending import PendingValues, add_pending
+from .task_check import ArgumentsMismatchError, Refused, argument_error, check_signatures, short
+from .task_check import is_external as is_external  # importable from here as before
+from .task_check import is_known_task as is_known_task
+from .task_check import user_tasks as user_tasks
 from .versions import SEND_TASK_APPLIES_TASK_OPTIONS, SEND_TASK_IGNORE_RESULT
 
 logger = logging.getLogger(__name__)
@@ -52,16 +58,6 @@ ALLOWED_OPTIONS = frozenset(
 )  # fmt: skip
 _PASSTHROUGH = ("queue", "exchange", "routing_key", "priority", "parent_id", "root_id", "shadow",
                 "time_limit", "soft_time_limit", "ignore_result", "retries", "reply_to")  # fmt: skip
-
-
-#: Headers of Celery's task protocol 2: a user header of the same name would replace them.
-PROTOCOL_HEADERS = frozenset(
-    {
-        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
-        "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "replaced_task_nesting",
-        "stamped_headers", "stamps",
-    }
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -93,53 +89,34 @@ def _signatures(value: Any, name: str) -> list[dict[str, Any]] | None:
     result = []
     for item in items:
         if not isinstance(item, dict):
-            raise BadMessageError(f"{name} must be a signature or a list of signatures, got {item!r}")
+            raise BadMessageError(f"{name} must be a signature or a list of signatures, got {short(item)}")
         result.append(dict(item))
     return result
-
-
-def user_tasks(app: Celery) -> list[str]:
-    """Task names the app registers itself (not Celery's or celery_reliable's own).
-
-    An app with none is a pure producer that sends by name; an app with some is expected to
-    know every task it sends.
-    """
-    return [n for n in app.tasks if not n.startswith(("celery.", "celery_reliable."))]
-
-
-def is_known_task(app: Celery, name: str) -> bool:
-    """Whether ``app`` may send ``name``: it registers it, it registers no task of its own (a pure
-    producer), or ``name`` matches ``reliable_external_tasks``. Catches typos before a message
-    nobody consumes is sent."""
-    return name in app.tasks or is_external(app, name) or not user_tasks(app)
-
-
-def is_external(app: Celery, name: str) -> bool:
-    """Whether ``name`` matches ``reliable_external_tasks`` (a task another code base runs)."""
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in get_settings(app).external_tasks)
 
 
 def check_delivery_options(name: str, options: Any) -> None:
     """Refuse delivery options no broker would accept (also run on stored rows by the relay)."""
     if not isinstance(options, dict):
-        raise BadMessageError(f"publish() of {name!r}: options must be a mapping, got {options!r}")
+        raise BadMessageError(f"publish() of {name!r}: options must be a mapping, got {short(options)}")
     for key in ("queue", "exchange", "routing_key", "shadow", "reply_to"):
         value = options.get(key)
         if value is not None and not isinstance(value, str):
-            raise BadMessageError(f"publish() of {name!r}: {key} must be a string, got {value!r}")
+            raise BadMessageError(f"publish() of {name!r}: {key} must be a string, got {short(value)}")
     priority = options.get("priority")
     if priority is not None and (
         isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255
     ):
-        raise BadMessageError(f"publish() of {name!r}: priority must be an integer from 0 to 255, got {priority!r}")
+        raise BadMessageError(
+            f"publish() of {name!r}: priority must be an integer from 0 to 255, got {short(priority)}"
+        )
     for key in ("time_limit", "soft_time_limit"):
         value = options.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-            raise BadMessageError(f"publish() of {name!r}: {key} must be seconds > 0, got {value!r}")
+            raise BadMessageError(f"publish() of {name!r}: {key} must be seconds > 0, got {short(value)}")
     headers = options.get("headers") or {}
     if not isinstance(headers, dict):
-        raise BadMessageError(f"publish() of {name!r}: headers must be a dict, got {headers!r}")
-    clash = sorted(set(headers) & PROTOCOL_HEADERS)
+        raise BadMessageError(f"publish() of {name!r}: headers must be a dict, got {short(headers)}")
+    clash = protocol_clash(headers)
     if clash:
         raise BadMessageError(
             f"publish() of {name!r}: headers {clash} are Celery's own message headers; "
@@ -174,8 +151,15 @@ def prepare(
             f"publish(): task {name!r} is not registered in app {app.main!r}.{hint} If it is a task of "
             "another code base, add its name (or a pattern) to reliable_external_tasks."
         )
+    if args is not None and not isinstance(args, list | tuple):
+        raise BadMessageError(f"publish() of {name!r}: args must be a list or a tuple, got {short(args)}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise BadMessageError(f"publish() of {name!r}: kwargs must be a mapping, got {short(kwargs)}")
     args = list(args or ())
     kwargs = dict(kwargs or {})
+    mismatch = argument_error(app, name, args, kwargs)
+    if mismatch:
+        raise ArgumentsMismatchError(f"publish() of {name!r}: {mismatch}; nothing was sent or stored.")
     headers = options.pop("headers", None) or {}
     check_delivery_options(name, {"headers": headers})
     try:
@@ -212,8 +196,13 @@ def prepare(
         if sigs:
             try:
                 stored_options[key] = to_stored(sigs)
+                check_signatures(app, stored_options[key], key)
             except NotJSONError as exc:
                 raise BadMessageError(f"publish() of {name!r}: {key} {exc}") from None
+            except Refused as exc:
+                raise BadMessageError(
+                    f"publish() of {name!r}: {exc}; register it, add it to reliable_external_tasks, or fix the {key}."
+                ) from None
     check_delivery_options(name, options)
     for key in _PASSTHROUGH:
         if options.get(key) is not None:
@@ -225,7 +214,7 @@ def send_options(app: Celery, values: Any) -> dict[str, Any]:
     """Keyword arguments of ``app.send_task`` for a prepared message or a pending row."""
     stored: dict[str, Any] = dict(values.options or {})
     options: dict[str, Any] = {key: stored[key] for key in _PASSTHROUGH if stored.get(key) is not None}
-    headers = decoded(stored.get("headers") or {})
+    headers = without_protocol(decoded(stored.get("headers") or {}))  # never Celery's own (see .protocol)
     if headers:
         options["headers"] = headers
     for key in ("link", "link_error"):
@@ -256,7 +245,14 @@ def with_message(app: Celery, values: PendingValues, ctx: Any = None) -> Pending
     except Exception as exc:  # the relay builds it instead; never fail a write for this
         logger.debug("message of %s[%s] not built ahead: %r", values.task_name, values.task_id, exc)
         return values
-    return values if entry is None else dataclasses.replace(values, message=entry.stored())
+    if entry is None or entry.content_type != "application/json":  # the relay checks JSON bodies only
+        return values
+    options = values.options
+    if entry.queue and options.get("queue") is None:
+        # Where the message goes, kept with the row: the relay derives the list key from it and
+        # sends the stored message only if it agrees (see celery_reliable.stored_message).
+        options = {**options, "queue": entry.queue}
+    return dataclasses.replace(values, options=options, message=entry.stored())
 
 
 def _needs_decoding(value: Any) -> bool:

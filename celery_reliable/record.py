@@ -8,16 +8,15 @@ from typing import Any
 
 from celery.app.task import Context
 
+from .protocol import PROTOCOL_HEADERS, without_protocol
 from .store.failures import FailureRecord
 
-#: Message headers of Celery's task protocol 2 (and what the worker adds to the request);
-#: anything else in the request is a user header and is kept for replay.
-STANDARD_HEADERS = frozenset(
+#: What a worker's request holds besides user headers: Celery's own message headers (the one list,
+#: :data:`celery_reliable.protocol.PROTOCOL_HEADERS`) and what the worker adds to the request.
+#: Anything else in the request is a user header and is kept for replay.
+STANDARD_HEADERS = PROTOCOL_HEADERS | frozenset(
     {
-        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
-        "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
-        "replaced_task_nesting", "stamped_headers", "stamps", "properties", "reply_to",
-        "correlation_id", "hostname", "delivery_info", "args", "kwargs", "callbacks",
+        "properties", "reply_to", "correlation_id", "hostname", "delivery_info", "args", "kwargs", "callbacks",
         "errbacks", "chain", "chord", "is_eager", "called_directly", "headers", "loglevel",
         "logfile", "utc", "taskset", "delivery_tag", "_children", "_protected",
         "task_name", "worker_pid", "content_type", "content_encoding",
@@ -25,16 +24,19 @@ STANDARD_HEADERS = frozenset(
 )  # fmt: skip
 
 
-def _signatures(value: Any) -> list[dict[str, Any]] | None:
+def _signatures(value: Any) -> list[Any] | None:
+    """The request's callbacks or errbacks as a list, as they came (replay checks them before sending)."""
     if not value:
         return None
-    return [dict(sig) for sig in value]
+    items = value if isinstance(value, list | tuple) else [value]
+    return [dict(sig) if isinstance(sig, Mapping) else sig for sig in items]
 
 
 def replay_options(request: Mapping[str, Any]) -> dict[str, Any]:
     """Delivery options needed to send the same message again."""
     delivery = request.get("delivery_info") or {}
-    user_headers = dict(request.get("headers") or {})
+    headers = request.get("headers")
+    user_headers = without_protocol(headers) if isinstance(headers, Mapping) else {}
     user_headers.update(
         {
             k: v

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import uuid
 from bisect import bisect
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from celery import Celery, signals
 from kombu import Queue
@@ -27,6 +27,7 @@ from kombu.serialization import dumps as serialize
 from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.virtual.base import Base64
 from kombu.utils.json import dumps as json_dumps
+from redis.exceptions import ResponseError
 
 if TYPE_CHECKING:
     from .publisher import Built, Publisher
@@ -45,12 +46,17 @@ class NotReplicated(Exception):
     """``WAIT`` returned fewer replicas than ``reliable_redis_wait_replicas`` asked for."""
 
 
-@dataclass(frozen=True)
-class Entry:
-    """A message as kombu keeps it in a Redis list, less its delivery tag."""
+class Entry(NamedTuple):
+    """A message as kombu keeps it in a Redis list, less its delivery tag.
+
+    Read back from a pending row only through :func:`celery_reliable.stored_message.verified_entry`,
+    which checks it against the row (the stored text is input).
+    """
 
     key: str  # the list: the queue name, with kombu's suffix for a priority above 0
     text: str  # kombu's JSON envelope; the delivery tag is added per send
+    queue: str = ""  # the queue the key belongs to ("" when not known)
+    content_type: str = ""  # of the body ("" when not known)
 
     def tagged(self, tag: str) -> str:
         return f'{self.text[: -len(_TAIL)]}, "delivery_tag": "{tag}"{_TAIL}'
@@ -58,13 +64,6 @@ class Entry:
     def stored(self) -> str:
         """The form kept in the pending table's ``message`` column: the key, a newline, the envelope."""
         return f"{self.key}\n{self.text}"
-
-    @classmethod
-    def from_stored(cls, value: str) -> Entry | None:
-        key, sep, text = value.partition("\n")
-        if not sep or not key or not text.startswith("{") or not text.endswith(_TAIL):
-            return None
-        return cls(key, text)
 
 
 @dataclass(frozen=True)
@@ -183,36 +182,91 @@ def entry_of(publisher: Publisher, name: str, built: Built) -> tuple[Entry, Queu
     text = json_dumps(envelope)
     if not text.endswith(_TAIL):  # properties are always last and never empty
         return None
-    return Entry(key, text), queue if isinstance(queue, Queue) else None
+    return Entry(key, text, qname, content_type), queue if isinstance(queue, Queue) else None
+
+
+@dataclass
+class Written:
+    """What Redis answered to a pipeline of LPUSHes: per entry, and for the ``WAIT``."""
+
+    #: entry index -> the error Redis replied to the LPUSH that carried it (that entry is not in Redis)
+    errors: dict[int, Exception] = field(default_factory=dict)
+    #: why the entries Redis took are not on enough replicas ("" when they are, or none was asked for)
+    not_replicated: str = ""
+
+    def check(self) -> None:
+        """Raise the first error (an entry Redis refused), or :class:`NotReplicated`."""
+        if self.errors:
+            raise next(iter(self.errors.values()))
+        if self.not_replicated:
+            raise NotReplicated(self.not_replicated)
 
 
 def write(publisher: Publisher, entries: list[Entry], wait_replicas: int, wait_timeout: float) -> None:
-    """LPUSH the entries in one pipeline (and ``WAIT`` for replicas); raises if Redis did not take them.
+    """LPUSH the entries in one pipeline (and ``WAIT`` for replicas); raises if Redis did not take them all.
 
-    A connection error means none of them is known to be in Redis; :class:`NotReplicated`
-    means they are on the primary but not on enough replicas.
+    A connection error means none of them is known to be in Redis; an error reply is Redis's
+    (an entry it refused); :class:`NotReplicated` means they are on the primary but not on
+    enough replicas. See :func:`write_each` for what became of each entry.
     """
+    write_each(publisher, entries, wait_replicas, wait_timeout).check()
+
+
+def write_each(publisher: Publisher, entries: list[Entry], wait_replicas: int, wait_timeout: float) -> Written:
+    """LPUSH the entries in one pipeline (and ``WAIT``); return Redis's answer for each entry.
+
+    Redis runs every command of a pipeline even when one fails (a list key holding another type,
+    out of memory, a read-only replica): each command's reply is read, so an entry counts as
+    written exactly when the LPUSH that carried it succeeded. Raises only when the connection
+    failed (then none of them is known to be in Redis).
+    """
+    written = Written()
     if not entries and not wait_replicas:
-        return
+        return written
     # One LPUSH per list with many values (pushed in order, so consumed in order): one command and
     # one reply per batch instead of one per message.
     # Delivery tags only need to be unique (kombu's unacked hash is keyed by them): one random
     # UUID per batch and a counter, instead of a UUID per message.
     base = uuid.uuid4()
-    by_key: dict[str, list[str]] = {}
+    by_key: dict[str, list[int]] = {}
     for index, entry in enumerate(entries):
-        by_key.setdefault(entry.key, []).append(entry.tagged(f"{base}-{index:x}"))
+        by_key.setdefault(entry.key, []).append(index)
+    commands: list[list[int]] = []  # per LPUSH: the indexes of the entries it carries
     channel = publisher.producer.channel
     with channel.conn_or_acquire() as client:
         pipe = client.pipeline(transaction=False)
-        for key, values in by_key.items():
-            for start in range(0, len(values), _VALUES_PER_LPUSH):
-                pipe.lpush(key, *values[start : start + _VALUES_PER_LPUSH])
+        for key, indexes in by_key.items():
+            for start in range(0, len(indexes), _VALUES_PER_LPUSH):
+                chunk = indexes[start : start + _VALUES_PER_LPUSH]
+                pipe.lpush(key, *[entries[i].tagged(f"{base}-{i:x}") for i in chunk])
+                commands.append(chunk)
         if wait_replicas:
             pipe.execute_command("WAIT", wait_replicas, int(wait_timeout * 1000))
-        results = pipe.execute()
-    if wait_replicas and int(results[-1]) < wait_replicas:
-        raise NotReplicated(
-            f"Redis WAIT: {int(results[-1])} of {wait_replicas} replica(s) acknowledged the write "
-            f"within {wait_timeout:g} s (reliable_redis_wait_replicas)"
-        )
+        results = pipe.execute(raise_on_error=False)
+    for chunk, result in zip(commands, results, strict=False):
+        if isinstance(result, Exception):
+            for index in chunk:
+                written.errors[index] = result
+    if wait_replicas and (not entries or len(written.errors) < len(entries)):  # WAIT for what was written
+        replicas = results[-1]
+        if isinstance(replicas, Exception):
+            written.not_replicated = f"Redis WAIT failed: {type(replicas).__name__}: {replicas}"
+        elif int(replicas) < wait_replicas:
+            written.not_replicated = (
+                f"Redis WAIT: {int(replicas)} of {wait_replicas} replica(s) acknowledged the write "
+                f"within {wait_timeout:g} s (reliable_redis_wait_replicas)"
+            )
+    return written
+
+
+def refused_by_key(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is Redis refusing one list key (``WRONGTYPE``: the key
+    holds another type), not the server refusing writes (out of memory, read-only replica)."""
+    for _ in range(10):
+        if isinstance(exc, ResponseError):
+            return "WRONGTYPE " in str(exc)  # redis-py prefixes a pipeline command's error with its number
+        cause = exc.__cause__ or exc.__context__
+        if cause is None:
+            return False
+        exc = cause
+    return False

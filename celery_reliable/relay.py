@@ -4,8 +4,11 @@ Runs as the beat task ``celery_reliable.relay`` every ``reliable_relay_interval`
 by hand). Rows are leased to one pass under a fencing token, so several relays at once never
 send a row twice within a lease. A pass stops at the first broker failure (the rows it did not
 try go back untouched), so a broker outage costs one failed send per pass, not one per row.
-On Redis a batch is sent in one pipeline; on RabbitMQ a batch is published on a confirm-mode
-channel and its confirms awaited together (a row is marked sent only once the broker acked it).
+On Redis a batch is sent in one pipeline whose replies are read one by one (a row is sent
+exactly when Redis took its LPUSH); on RabbitMQ a batch is published on a confirm-mode channel
+and its confirms awaited together (a row is marked sent only once the broker acked it).
+Every row is checked before it is sent (:mod:`.pending_check`, :mod:`.stored_message`): a row
+that is not what ``publish()`` stores becomes ``invalid`` with the reason, and the rest go on.
 """
 
 from __future__ import annotations
@@ -22,18 +25,12 @@ from celery import Celery, Task, shared_task
 
 from . import events, redis_wire
 from .config import get_settings
-from .publisher import (
-    check_delivery_options,
-    decoded,
-    get_publisher,
-    is_bad_input,
-    is_known_task,
-    reset_publisher,
-    send_options,
-)
+from .pending_check import RowChecks
+from .publisher import get_publisher, is_bad_input, reset_publisher
 from .redis_wire import Entry
 from .store.models import PendingStatus, utcnow
 from .store.pending import PendingRow, claim_rows, mark_failed, mark_sent, mark_status, release
+from .task_check import Refused
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +57,6 @@ class RelayStats:
         self.errors.extend(other.errors)
 
 
-def _decode(app: Celery, row: PendingRow) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-    if not is_known_task(app, row.task_name):
-        raise ValueError(f"task {row.task_name!r} is not registered in app {app.main!r}")
-    check_delivery_options(row.task_name, row.options if row.options is not None else {})
-    args = decoded(row.args) if row.args is not None else []
-    kwargs = decoded(row.kwargs) if row.kwargs is not None else {}
-    if not isinstance(args, list) or not isinstance(kwargs, dict):
-        raise ValueError(f"stored args/kwargs are not a list and a mapping: {row.args!r} {row.kwargs!r}")
-    return args, kwargs, send_options(app, row)
-
-
 def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats:
     """Send claimed rows; mark each sent, expired, invalid, or failed (backed off / dead)."""
     stats, record = _send(app, token, rows)
@@ -92,20 +78,20 @@ def _send(app: Celery, token: str, rows: Sequence[PendingRow]) -> tuple[RelaySta
     built: list[tuple[PendingRow, Entry]] = []  # Redis: entries written directly
     expired: list[int] = []
     invalid: list[tuple[int, str]] = []
+    checks = RowChecks(app, publisher.facts)
     for row in rows:
-        if row.expires_at is not None and row.expires_at <= now:
-            expired.append(row.id)
-            continue
-        if direct and row.message:
-            entry = Entry.from_stored(row.message)
-            if entry is None:
-                invalid.append((row.id, "the stored message is corrupt; resend it from its arguments"))
-                continue
-            if is_known_task(app, row.task_name):
-                built.append((row, entry))
-                continue
+        # Every column is input: whatever is wrong with one row makes that row invalid, never the pass fail.
         try:
-            ready.append((row, *_decode(app, row)))
+            checks.columns(row)
+            if row.expires_at is not None and row.expires_at <= now:
+                expired.append(row.id)
+                continue
+            if direct and row.message is not None:
+                built.append((row, checks.stored_entry(row)))
+                continue
+            ready.append((row, *checks.decoded(row)))
+        except Refused as exc:
+            invalid.append((row.id, str(exc)))
         except Exception as exc:
             invalid.append((row.id, f"{type(exc).__name__}: {exc}"))
     stats.expired = mark_status(app, token, expired, PendingStatus.EXPIRED, "expires passed before it was sent")
@@ -121,8 +107,6 @@ def _send(app: Celery, token: str, rows: Sequence[PendingRow]) -> tuple[RelaySta
             _write_direct(app, publisher, built, outcome)
         if ready and outcome.broker_down:
             outcome.untried.extend(row.id for row, *_ in ready)
-        elif ready and publisher.scheme in ("redis", "rediss"):
-            _send_redis_batch(app, token, publisher, ready, outcome, stats)
         elif ready and publisher.batch_confirms:
             # Publish the batch on a confirm-mode channel, then wait for the confirms: sent = acked.
             result = publisher.send_confirmed(
@@ -135,6 +119,9 @@ def _send(app: Celery, token: str, rows: Sequence[PendingRow]) -> tuple[RelaySta
                 outcome.broker_down = True
                 reset_publisher(app)
         elif ready:
+            # Redis through kombu (messages it must route itself), other brokers: one at a time. (kombu's
+            # publish batch runs a pipeline without reading each reply: after an error reply it cannot
+            # tell which messages Redis took, and the relay would send them again.)
             _send_one_by_one(app, token, publisher, ready, outcome, stats)
     stats.broker_down = outcome.broker_down
     return stats, partial(_record, app, token, rows, outcome, stats)
@@ -204,9 +191,7 @@ def _build_entries(
         row, args, kwargs, options = item
         try:
             entry = publisher.entry(row.task_name, args, kwargs, row.task_id, options, ctx)
-        except Exception as exc:
-            if not is_bad_input(exc):
-                raise
+        except Exception as exc:  # building touches no connection: whatever fails is this row's data
             invalid.append((row.id, f"{type(exc).__name__}: {exc}"))
             continue
         if entry is None:
@@ -217,56 +202,32 @@ def _build_entries(
 
 
 def _write_direct(app: Celery, publisher: Any, built: list[tuple[PendingRow, Entry]], outcome: _Outcome) -> None:
-    """One pipeline of LPUSHes (and WAIT): all sent, or a broker failure counted once."""
+    """One pipeline of LPUSHes (and WAIT): each row is sent exactly when the LPUSH carrying it
+    succeeded; only the rows Redis refused are charged. A lost connection counts once."""
     try:
-        redis_wire.write(publisher, [entry for _, entry in built], publisher.wait_replicas, publisher.wait_timeout)
-    except redis_wire.NotReplicated as exc:
-        # In Redis but not on enough replicas: sent again later (same task ids).
-        outcome.failures += [(row.id, f"NotReplicated: {exc}") for row, _ in built]
-        outcome.broker_down = True
+        written = redis_wire.write_each(
+            publisher, [entry for _, entry in built], publisher.wait_replicas, publisher.wait_timeout
+        )
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         _broker_away(app, outcome, [(built[0][0].id, error)], [row.id for row, _ in built[1:]])
-    else:
-        outcome.sent += [row.id for row, _ in built]
-
-
-def _send_redis_batch(
-    app: Celery,
-    token: str,
-    publisher: Any,
-    ready: list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]],
-    outcome: _Outcome,
-    stats: RelayStats,
-) -> None:
-    """Redis through kombu: one pipeline; every message added is in Redis after the flush, or
-    (a broker error) none is known to be. A message that cannot even be built is that row's fault alone."""
-    added: list[int] = []
-    refused: set[int] = set()
-    try:
-        ctx = publisher.context(detached=True)
-        with publisher.producer.batch(max_size=max(1, len(ready))):
-            for row, args, kwargs, options in ready:
-                try:
-                    publisher.send(row.task_name, args, kwargs, row.task_id, options, ctx=ctx)
-                except Exception as exc:
-                    if not is_bad_input(exc):
-                        raise
-                    refused.add(row.id)
-                    _mark_invalid(app, token, row.id, f"{type(exc).__name__}: {exc}", stats)
-                    continue
-                added.append(row.id)
-        if publisher.wait_replicas:
-            redis_wire.write(publisher, [], publisher.wait_replicas, publisher.wait_timeout)
-        outcome.sent += added
-    except redis_wire.NotReplicated as exc:
-        outcome.failures += [(row_id, f"NotReplicated: {exc}") for row_id in added]
+        return
+    server_refused = False
+    for index, (row, _) in enumerate(built):
+        refused = written.errors.get(index)
+        if refused is not None:
+            outcome.failures.append((row.id, f"{type(refused).__name__}: {refused}"))
+            server_refused = server_refused or not redis_wire.refused_by_key(refused)
+        elif written.not_replicated:
+            # In Redis but not on enough replicas: sent again later (same task ids).
+            outcome.failures.append((row.id, f"NotReplicated: {written.not_replicated}"))
+        else:
+            outcome.sent.append(row.id)
+    if server_refused or written.not_replicated:
+        # Out of memory, a read-only replica, replicas behind: the rest of this pass would fare no better.
         outcome.broker_down = True
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        candidates = [r.id for r, *_ in ready if r.id not in refused]
-        tried = added[:1] or candidates[:1]
-        _broker_away(app, outcome, [(row_id, error) for row_id in tried], [i for i in candidates if i not in tried])
+        if server_refused:
+            reset_publisher(app)
 
 
 def _send_one_by_one(
@@ -277,6 +238,8 @@ def _send_one_by_one(
     outcome: _Outcome,
     stats: RelayStats,
 ) -> None:
+    """Each row's own send: bad data makes it invalid, a list key Redis refuses charges it alone,
+    anything else is the broker (that row charged, the rest given back untried)."""
     ctx = publisher.context(detached=True)
     for index, (row, args, kwargs, options) in enumerate(ready):
         try:
@@ -286,6 +249,9 @@ def _send_one_by_one(
             error = f"{type(exc).__name__}: {exc}"
             if is_bad_input(exc):
                 _mark_invalid(app, token, row.id, error, stats)
+                continue
+            if redis_wire.refused_by_key(exc):
+                outcome.failures.append((row.id, error))
                 continue
             _broker_away(app, outcome, [(row.id, error)], [r.id for r, *_ in ready[index + 1 :]])
             break

@@ -1,8 +1,12 @@
 """Send a stored failure again: same task, arguments and delivery options (or edited ones).
 
 A row is claimed (``failed`` -> ``replaying``) in one conditional UPDATE before anything is sent,
-so two replays of the same row can never both send. Only task names registered in the app are
-sent, so an edited row cannot make a worker run an arbitrary task.
+so two replays of the same row can never both send. A row is input like any other: only task
+names registered in the app (or in ``reliable_external_tasks``) are sent, in the row's own
+``task_name`` and in every callback, errback, chain or chord its options name; stored headers
+that name Celery's own message headers are refused (they would replace the task name or id);
+the arguments must fit the task's signature. So an edited row cannot make a worker run another
+task, and a row that could never run is refused before it is sent.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from celery import Celery, uuid
 from celery.canvas import Signature
 
 from . import events
-from .exceptions import ReplayError
-from .publisher import is_external
+from .exceptions import BadMessageError, ReplayError
+from .protocol import protocol_clash
+from .publisher import check_delivery_options
 from .store.failures import (
     FailureFilter,
     claim_for_replay,
@@ -26,7 +31,8 @@ from .store.failures import (
     list_failures,
 )
 from .store.models import FailedTask, FailureStatus
-from .store.payload import NotJSONError, from_stored, is_replayable, to_stored
+from .store.payload import NotJSONError, from_stored, is_replayable, to_stored, unreadable
+from .task_check import Refused, argument_error, check_signatures, is_replayable_task, short
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +61,30 @@ def _check(app: Celery, row: FailedTask, resume: bool) -> None:
             f"failed task {row.id} is being replayed as {row.replay_task_id}; if that replay "
             "died before it finished, replay again with resume=True (same new task id)."
         )
-    if row.task_name not in app.tasks and not is_external(app, row.task_name):
+    if not is_replayable_task(app, row.task_name):
         raise ReplayError(
-            f"task {row.task_name!r} of failed task {row.id} is not registered in app "
+            f"task {short(row.task_name, 100)} of failed task {row.id} is not registered in app "
             f"{app.main!r}; only registered tasks and reliable_external_tasks can be replayed "
             "(deploy the task, add it to reliable_external_tasks, or purge the row)."
         )
-    if not (is_replayable(row.args) and is_replayable(row.kwargs)):
+    reason = unreadable(row.options)
+    if reason:
+        raise ReplayError(f"failed task {row.id}: options: {reason}; its delivery options are lost: purge it.")
+
+
+def _stored(row: FailedTask, column: str, kind: type) -> Any:
+    """The stored ``args`` (a list) or ``kwargs`` (a mapping) of ``row``, refused unless they are that."""
+    value = getattr(row, column)
+    if not is_replayable(value):
+        reason = unreadable(value) or "were not stored as JSON"
+        raise ReplayError(f"failed task {row.id}: {column} {reason}; replay it with edited {column}.")
+    decoded = from_stored(value) if value is not None else kind()
+    if not isinstance(decoded, kind):
         raise ReplayError(
-            f"failed task {row.id} has arguments that were not stored as JSON; replay it with edited args/kwargs."
+            f"failed task {row.id}: stored {column} are not a {'list' if kind is list else 'mapping'} "
+            f"({short(decoded)}); replay it with edited {column}."
         )
+    return decoded
 
 
 def _validate_edit(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
@@ -79,8 +99,18 @@ def _validate_edit(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None)
 
 
 def _send_options(app: Celery, row: FailedTask, queue: str | None) -> dict[str, Any]:
-    stored: dict[str, Any] = dict(row.options or {})
-    headers = dict(from_stored(stored.get("headers") or {}))
+    """The row's delivery options for ``send_task``, refused unless every part of them is safe to send."""
+    stored = row.options if row.options is not None else {}
+    try:
+        check_delivery_options(row.task_name, stored)  # types; no header may be Celery's own
+    except BadMessageError as exc:
+        raise ReplayError(f"failed task {row.id}: stored options refused: {exc}") from None
+    for key in ("parent_id", "root_id"):
+        if stored.get(key) is not None and not isinstance(stored[key], str):
+            raise ReplayError(f"failed task {row.id}: stored {key} is not text: {short(stored[key])}")
+    headers = from_stored(stored.get("headers") or {})
+    if not isinstance(headers, dict) or protocol_clash(headers):
+        raise ReplayError(f"failed task {row.id}: stored headers name Celery's own message headers")
     headers[REPLAY_HEADER] = row.id
     options: dict[str, Any] = {"headers": headers}
     routing_key = stored.get("routing_key")
@@ -95,9 +125,47 @@ def _send_options(app: Celery, row: FailedTask, queue: str | None) -> dict[str, 
         if stored.get(key) is not None:
             options[key] = stored[key]
     for key in ("link", "link_error"):
-        if stored.get(key):
-            options[key] = [Signature(s, app=app) for s in stored[key]]
+        value = stored.get(key)
+        if not value:
+            continue
+        if not isinstance(value, list):
+            raise ReplayError(f"failed task {row.id}: stored {key} is not a list of signatures: {short(value)}")
+        try:
+            check_signatures(app, value, f"stored {key}", is_replayable_task)
+        except Refused as exc:
+            raise ReplayError(f"failed task {row.id}: {exc}; purge the row or replay the task without it.") from None
+        options[key] = [Signature(s, app=app) for s in value]
     return options
+
+
+def _prepared(
+    app: Celery,
+    row: FailedTask,
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    queue: str | None,
+    resume: bool,
+) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """What replay sends for ``row``: arguments and ``send_task`` options, every part checked.
+
+    Raises:
+        ReplayError: the row cannot be replayed as it is (whatever is wrong with it).
+    """
+    try:
+        _check(app, row, resume)
+        _validate_edit(args, kwargs)
+        send_args = list(args) if args is not None else _stored(row, "args", list)
+        send_kwargs = dict(kwargs) if kwargs is not None else _stored(row, "kwargs", dict)
+        options = _send_options(app, row, queue)
+        mismatch = argument_error(app, row.task_name, send_args, send_kwargs)
+    except ReplayError:
+        raise
+    except Exception as exc:  # a stored value nothing above expected: the row, not the replay, is at fault
+        raise ReplayError(f"failed task {row.id} cannot be replayed as stored: {type(exc).__name__}: {exc}") from exc
+    if mismatch:
+        edited = "edited" if args is not None or kwargs is not None else "stored"
+        raise ReplayError(f"failed task {row.id}: the {edited} {mismatch}; replay it with edited args/kwargs.")
+    return send_args, send_kwargs, options
 
 
 def replay(
@@ -126,12 +194,9 @@ def replay(
     row = get_failure(app, failure_id)
     if row is None:
         raise ReplayError(f"no failed task with id {failure_id}")
-    _check(app, row, resume)
-    _validate_edit(args, kwargs)
+    send_args, send_kwargs, options = _prepared(app, row, args, kwargs, queue, resume)
     if dry_run:
         return ReplayResult(row.id, row.task_name, "", sent=False)
-    send_args = list(args) if args is not None else list(from_stored(row.args) or [])
-    send_kwargs = dict(kwargs) if kwargs is not None else dict(from_stored(row.kwargs) or {})
     if row.status == FailureStatus.REPLAYING and row.replay_task_id:
         new_id = row.replay_task_id
     else:
@@ -139,7 +204,7 @@ def replay(
         if not claim_for_replay(app, row.id, new_id):
             raise ReplayError(f"failed task {row.id} was claimed by another replay")
     try:
-        app.send_task(row.task_name, send_args, send_kwargs, task_id=new_id, **_send_options(app, row, queue))
+        app.send_task(row.task_name, send_args, send_kwargs, task_id=new_id, **options)
     except Exception as exc:
         finish_replay(app, row.id, sent=False)
         raise ReplayError(f"failed task {row.id} could not be sent: {exc}") from exc

@@ -122,7 +122,8 @@ def record_failure(app: Celery, record: FailureRecord) -> int:
         ).scalar_one()
         for key in ("reason", "exc_type", "exc_message", "traceback", "hostname"):
             setattr(existing, key, values[key])
-        existing.attempts = max(existing.attempts, record.attempts)
+        stored = existing.attempts
+        existing.attempts = max(stored if type(stored) is int else 0, record.attempts)  # (SQLite: any value)
         existing.last_failed_at = now
         return existing.id
 

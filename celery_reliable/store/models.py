@@ -2,10 +2,17 @@
 
 Constraint names come from a naming convention so they are the same on every database and in
 every migration. Payloads are JSON (JSONB on PostgreSQL), never pickle; times are UTC.
+
+Every column type here reads whatever a cell holds without raising: SQLite lets anyone write any
+value into any column (text into a time or JSON column, a number into a name), and one such row
+must not stop a relay pass or break a page. A JSON cell that does not decode reads as an
+unreadable marker (see :mod:`.payload`), a time that does not parse as an :class:`UnreadableTime`,
+text that is not text as :class:`NotText`; the relay and replay refuse rows holding any of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,6 +22,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from .payload import unreadable_marker
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -23,8 +32,103 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-#: JSON everywhere, JSONB on PostgreSQL.
-JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+class SafeJSON(TypeDecorator[Any]):
+    """JSON everywhere, JSONB on PostgreSQL; a cell that does not decode reads as an unreadable marker."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB())
+        return dialect.type_descriptor(JSON())
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        inner = super().result_processor(dialect, coltype)
+        if inner is None:  # the driver decodes (psycopg's JSONB): a cell it returned is valid JSON
+            return None
+
+        def process(value: Any) -> Any:
+            try:
+                return inner(value)
+            except Exception as exc:
+                if type(value) is int or type(value) is float:  # a JSON number (SQLite's numeric affinity)
+                    return value
+                return unreadable_marker(value, exc)
+
+        return process
+
+
+#: The JSON columns' type.
+JSONType = SafeJSON()
+
+
+class NotText(str):
+    """A text column's cell that held something else (SQLite: a number or bytes): its ``str``.
+
+    Readers show it as text; the relay and replay, which check ``type(value) is str``, refuse it.
+    """
+
+    raw: Any
+
+    def __new__(cls, raw: Any) -> NotText:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else str(raw)
+        value = super().__new__(cls, text)
+        value.raw = raw
+        return value
+
+
+class SafeString(TypeDecorator[str]):
+    """A VARCHAR whose cells always read as ``str`` (:class:`NotText` when they were not text)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None or type(value) is str:
+            return value
+        return NotText(value)
+
+
+class SafeText(SafeString):
+    """:class:`SafeString` of a TEXT column."""
+
+    impl = Text
+    cache_ok = True
+
+
+class UnreadableTime(datetime):
+    """A time column's cell that does not parse (text written by hand on SQLite).
+
+    A datetime, so readers that format or compare times keep working; it shows as
+    ``unreadable: <the raw text>``. The relay and replay refuse a row holding one.
+    """
+
+    raw: str
+    error: str
+
+    def __new__(cls, raw: Any, error: BaseException) -> UnreadableTime:
+        value = super().__new__(cls, 1, 1, 1, tzinfo=timezone.utc)
+        value.raw = str(raw)[:200]
+        value.error = f"{type(error).__name__}: {error}"[:300]
+        return value
+
+    def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
+        return f"unreadable: {self.raw!r}"
+
+    def strftime(self, format: str) -> str:
+        return self.isoformat()
+
+    def astimezone(self, tz: Any = None) -> UnreadableTime:
+        return self
+
+    def __str__(self) -> str:
+        return self.isoformat()
+
+    def __format__(self, format_spec: str) -> str:
+        return self.isoformat()
+
 
 #: Integer primary keys that autoincrement on SQLite too (BIGINT elsewhere).
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
@@ -56,6 +160,19 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], datetime | None] | None:
+        inner = super().result_processor(dialect, coltype)
+        if inner is None:
+            return None
+
+        def process(value: Any) -> datetime | None:
+            try:
+                return inner(value)
+            except Exception as exc:
+                return UnreadableTime(value, exc)
+
+        return process
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -82,27 +199,27 @@ class FailedTask(Base):
     __tablename__ = "celery_reliable_failed_task"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    task_id: Mapped[str] = mapped_column(String(255), unique=True)
-    task_name: Mapped[str] = mapped_column(String(255), index=True)
+    task_id: Mapped[str] = mapped_column(SafeString(255), unique=True)
+    task_name: Mapped[str] = mapped_column(SafeString(255), index=True)
     #: why it is here: exception, permanent, worker_lost, time_limit, retry_publish_failed,
     #: unknown_task, invalid_message
-    reason: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default=FailureStatus.FAILED, index=True)
+    reason: Mapped[str] = mapped_column(SafeString(32))
+    status: Mapped[str] = mapped_column(SafeString(16), default=FailureStatus.FAILED, index=True)
     args: Mapped[Any] = mapped_column(JSONType, nullable=True)
     kwargs: Mapped[Any] = mapped_column(JSONType, nullable=True)
     #: delivery options needed to replay: queue, exchange, routing_key, priority, headers
     options: Mapped[Any] = mapped_column(JSONType, nullable=True)
     #: the raw message (body, headers, properties) when it never reached a task
     raw_message: Mapped[Any] = mapped_column(JSONType, nullable=True)
-    exc_type: Mapped[str] = mapped_column(String(255), default="")
-    exc_message: Mapped[str] = mapped_column(Text, default="")
-    traceback: Mapped[str] = mapped_column(Text, default="")
+    exc_type: Mapped[str] = mapped_column(SafeString(255), default="")
+    exc_message: Mapped[str] = mapped_column(SafeText(), default="")
+    traceback: Mapped[str] = mapped_column(SafeText(), default="")
     attempts: Mapped[int] = mapped_column(Integer, default=1)
-    hostname: Mapped[str] = mapped_column(String(255), default="")
+    hostname: Mapped[str] = mapped_column(SafeString(255), default="")
     first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     replay_of_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    replay_task_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    replay_task_id: Mapped[str | None] = mapped_column(SafeString(255), nullable=True)
     replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     replay_count: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -141,8 +258,8 @@ class PendingMessage(Base):
     __tablename__ = "celery_reliable_pending_message"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    task_id: Mapped[str] = mapped_column(String(255), index=True)
-    task_name: Mapped[str] = mapped_column(String(255))
+    task_id: Mapped[str] = mapped_column(SafeString(255), index=True)
+    task_name: Mapped[str] = mapped_column(SafeString(255))
     args: Mapped[Any] = mapped_column(JSONType, nullable=True)
     kwargs: Mapped[Any] = mapped_column(JSONType, nullable=True)
     #: queue, exchange, routing_key, priority, headers, link, link_error, ...
@@ -150,19 +267,19 @@ class PendingMessage(Base):
     eta: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     #: publish_fallback (a send that failed) or outbox (staged in the caller's transaction)
-    source: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default=PendingStatus.PENDING)
+    source: Mapped[str] = mapped_column(SafeString(16))
+    status: Mapped[str] = mapped_column(SafeString(16), default=PendingStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_error: Mapped[str] = mapped_column(SafeText(), default="")
     #: fencing token of the claim holding the row; a relay whose lease expired no longer matches
-    claim_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    claim_token: Mapped[str | None] = mapped_column(SafeString(36), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     #: the message as built for the broker (kombu's JSON envelope without the per-send
     #: properties), so the relay sends it without building it again; NULL: built when sent
-    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    message: Mapped[str | None] = mapped_column(SafeText(), nullable=True)
 
     __table_args__ = (
         # partial where the database has them: claims walk unsent rows only
