@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback  # type: ignore[attr-defined]
@@ -19,12 +20,14 @@ from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from . import events, record
+from . import arguments, events, raw, record
 from . import requeue as requeues
+from .envelope import MAX_DEPTH, deeper_than, may_nest_deeper
 from .exceptions import PermanentError
-from .failure_store import store
+from .failure_store import store, stored_since
 from .retry import backoff_delay
 from .store.failures import FailureRecord
+from .store.models import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,15 @@ def _einfo(exc: BaseException) -> ExceptionInfo:
         raise exc
     except BaseException:
         return ExceptionInfo()
+
+
+def _check_time_limits(limits: Any) -> None:
+    """Celery unpacks ``time_limits`` (the ``timelimit`` header) into the pool's timeouts."""
+    if not isinstance(limits, list | tuple) or len(limits) != 2:
+        raise ValueError(f"the timelimit header is {limits!r}, not [soft, hard]")
+    for limit in limits:
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or limit < 0):
+            raise ValueError(f"the timelimit header is {limits!r}: each must be a number of seconds or null")
 
 
 def _reason_for_event(exc: BaseException, task: Any) -> str:
@@ -59,6 +71,10 @@ class ReliableRequest(Request):
     #: ... or the failure that could not be stored in this process
     _reliable_record: FailureRecord | None = None
     _requeue_pending = False
+    #: refused before the pool (bad arguments, a message Celery cannot run): stored, not run
+    _reliable_refused = False
+    #: when this request was last given to the pool (a failure row of this run is newer)
+    _reliable_started: datetime | None = None
 
     if TYPE_CHECKING:  # Celery internals used here (not in the type stubs)
         _context: Any
@@ -66,6 +82,10 @@ class ReliableRequest(Request):
         _hostname: str
         _already_cancelled: bool
         _already_revoked: bool
+        _args: Any
+        _kwargs: Any
+        _message: Any
+        _body: Any
 
         def _success_was_stored(self) -> Any: ...
 
@@ -104,6 +124,28 @@ class ReliableRequest(Request):
             self.name, self.id, reason, failure.attempts, row_id,
         )  # fmt: skip
         return True
+
+    def _stored_by_pool(self, exc: BaseException, exc_info: ExceptionInfo) -> bool:
+        """Make sure a final failure is stored before Celery acknowledges it.
+
+        ``Task.on_failure`` stored it in the pool process, unless the failure happened outside the
+        task (Celery's "Exception raised outside body": kwargs that are not a mapping, a broken
+        request). Looked up here (one read, for final failures only) and stored if missing; if the
+        database does not answer, the message goes back to the broker (paced, bounded).
+        """
+        since = self._reliable_started
+        try:
+            if since is not None and stored_since(self.task.app, str(self.id), since - timedelta(seconds=1)):
+                return True
+            if self._store(exc, "exception", exc_info.traceback):
+                return True
+        except Exception as check_exc:
+            logger.error("Task %s[%s]: could not check that its failure is stored (%s); returned to the broker",
+                         self.name, self.id, check_exc)  # fmt: skip
+            self._reliable_record = self._record(exc, "exception", exc_info.traceback)
+            self.reject(requeue=True)
+        task_ready(self)
+        return False
 
     def _retry_worker_lost(self, exc: BaseException, exc_info: ExceptionInfo) -> bool:
         """Celery's worker-lost retry, with our backoff instead of ``default_retry_delay``."""
@@ -149,6 +191,63 @@ class ReliableRequest(Request):
             super().on_timeout(soft, timeout)
             events.send_from_request(self, events.FAILURE_STORED, reason="time_limit")
         return None
+
+    # -- before the pool ---------------------------------------------------------------
+
+    def revoked(self) -> bool:
+        """Celery's revoked check, and the worker's last look at a request before the pool.
+
+        Celery asks this right before it sends a request to the pool (and skips it when True), in
+        the main process. A request whose arguments do not fit the task's signature is refused
+        here, stored (``bad_arguments``) and acknowledged: it never runs. One Celery itself cannot
+        handle (a header of the wrong type makes this check raise) is stored raw
+        (``invalid_message``) instead of stopping the worker.
+        """
+        if self._reliable_refused:
+            return True
+        misfit = arguments.check(self.task, self._args, self._kwargs)
+        if misfit is not None:
+            self._refuse(misfit, arguments.REASON, self._record(misfit, arguments.REASON, None))
+            return True
+        try:
+            _check_time_limits(self.time_limits)
+            self._check_depth()
+            revoked = bool(super().revoked())
+        except Exception as exc:
+            logger.exception("Task %s[%s] cannot be run as sent (%r); it is stored", self.name, self.id, exc)
+            failure = raw.message_record(self._message, "invalid_message", exc, self.name, hostname=self._hostname)
+            self._refuse(exc, "invalid_message", failure)
+            return True
+        if not revoked:
+            self._reliable_started = utcnow()
+        return revoked
+
+    def _check_depth(self) -> None:
+        """The pool gets the request pickled: refuse one nested too deeply for that (see envelope)."""
+        body = self._body
+        deep = deeper_than({k: v for k, v in self._request_dict.items() if k not in ("args", "kwargs")})
+        if not deep and (not isinstance(body, bytes | str) or may_nest_deeper(body)):
+            deep = deeper_than([self._args, self._kwargs], MAX_DEPTH - 1)
+        if deep:
+            raise ValueError(f"the message nests lists or objects more than {MAX_DEPTH} levels deep")
+
+    def _refuse(self, exc: BaseException, reason: str, failure: FailureRecord) -> None:
+        """Store the failure of a request that will not run, then acknowledge it."""
+        self._reliable_refused = True
+        task_ready(self)
+        try:
+            row_id = store(self.task.app, failure)
+        except Exception as store_exc:
+            logger.error(
+                "Task %s[%s] (%s) could not be stored (%s); message returned to the broker",
+                self.name, self.id, reason, store_exc,
+            )  # fmt: skip
+            self._reliable_record = failure
+            self.reject(requeue=True)
+            return
+        logger.error("Task %s[%s] not run (%s: %s); stored as failed task %d", self.name, self.id, reason, exc, row_id)
+        self.acknowledge()
+        events.send_from_request(self, events.FAILURE_STORED, reason=reason, exc_type=failure.exc_type, attempts=1)
 
     # -- hand-backs ----------------------------------------------------------------------
 
@@ -239,8 +338,11 @@ class ReliableRequest(Request):
             super().on_failure(exc_info, send_failed_event, return_ok)
             events.send_from_request(self, events.FAILURE_STORED, reason="worker_lost")
             return None
+        final = not lost and not isinstance(exc, Reject | Retry | Ignore | Terminated | TimeLimitExceeded | MemoryError)
+        if final and self.task.acks_late and not self._stored_by_pool(exc, exc_info):
+            return None
         super().on_failure(exc_info, send_failed_event, return_ok)
-        if not lost and not isinstance(exc, Reject | Retry | Ignore | Terminated | TimeLimitExceeded | MemoryError):
+        if final:
             # The pool process stored it in Task.on_failure (it raises Reject when it cannot).
             events.send_from_request(
                 self, events.FAILURE_STORED, reason=_reason_for_event(exc, self.task),
