@@ -72,14 +72,10 @@ def _shown(args: Any) -> Any:
 def check(task: Any, args: Any, kwargs: Any) -> BadArgumentsError | None:
     """The error to store when ``args``/``kwargs`` do not fit ``task``; None when they do.
 
-    Only tasks Celery itself checks (``typing`` on and a ``__header__``); others run and fail
-    (and are retried) like any task that raises.
+    Positional arguments that are not a list and keyword arguments that are not a mapping (with
+    string keys) never fit. The signature itself is checked for tasks Celery checks (``typing``
+    on and a ``__header__``); others run and fail (and are retried) like any task that raises.
     """
-    if not getattr(task, "typing", False):
-        return None
-    header = getattr(task, "__header__", None)
-    if header is None:
-        return None
     problem = None
     if not isinstance(args, list | tuple):
         problem = f"the positional arguments are a {type(args).__name__}, not a list"
@@ -88,6 +84,9 @@ def check(task: Any, args: Any, kwargs: Any) -> BadArgumentsError | None:
     elif not all(isinstance(key, str) for key in kwargs):
         problem = "a keyword argument name is not a string"
     else:
+        header = getattr(task, "__header__", None) if getattr(task, "typing", False) else None
+        if header is None:
+            return None
         try:
             header(*args, **kwargs)
         except TypeError as exc:

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import datetime
 from typing import Any
 
 from celery import Celery
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
 
 from .exceptions import StoreError
-from .store.failures import FailureRecord, record_failure, session_scope
-from .store.models import FailedTask
+from .store.failures import FailureRecord, record_failure
 
 logger = logging.getLogger(__name__)
 
@@ -117,29 +114,3 @@ def store(app: Celery, record: FailureRecord) -> int:
         raise
     except Exception as exc:
         raise StoreError(f"the failure of {record.task_id!r} could not be stored at all: {exc!r}") from exc
-
-
-def stored_since(app: Celery, task_id: str, since: datetime) -> bool:
-    """True when a failure of ``task_id`` was stored (or updated) at ``since`` or later.
-
-    A task id the database refuses (NUL characters) is looked up as :func:`escaped` stores it.
-
-    Raises:
-        StoreError: the database could not be read.
-    """
-
-    def found(key: str) -> bool:
-        with session_scope(app) as session:
-            row = session.execute(
-                select(FailedTask.id).where(FailedTask.task_id == key, FailedTask.last_failed_at >= since)
-            ).first()
-        return row is not None
-
-    try:
-        if found(task_id):
-            return True
-    except Exception as exc:
-        if not _refused(exc):
-            raise
-    safe = escape_text(task_id)
-    return safe != task_id and found(safe)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback  # type: ignore[attr-defined]
@@ -24,10 +23,9 @@ from . import arguments, events, raw, record
 from . import requeue as requeues
 from .envelope import MAX_DEPTH, deeper_than, may_nest_deeper
 from .exceptions import PermanentError
-from .failure_store import store, stored_since
+from .failure_store import store
 from .retry import backoff_delay
 from .store.failures import FailureRecord
-from .store.models import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +71,6 @@ class ReliableRequest(Request):
     _requeue_pending = False
     #: refused before the pool (bad arguments, a message Celery cannot run): stored, not run
     _reliable_refused = False
-    #: when this request was last given to the pool (a failure row of this run is newer)
-    _reliable_started: datetime | None = None
 
     if TYPE_CHECKING:  # Celery internals used here (not in the type stubs)
         _context: Any
@@ -124,28 +120,6 @@ class ReliableRequest(Request):
             self.name, self.id, reason, failure.attempts, row_id,
         )  # fmt: skip
         return True
-
-    def _stored_by_pool(self, exc: BaseException, exc_info: ExceptionInfo) -> bool:
-        """Make sure a final failure is stored before Celery acknowledges it.
-
-        ``Task.on_failure`` stored it in the pool process, unless the failure happened outside the
-        task (Celery's "Exception raised outside body": kwargs that are not a mapping, a broken
-        request). Looked up here (one read, for final failures only) and stored if missing; if the
-        database does not answer, the message goes back to the broker (paced, bounded).
-        """
-        since = self._reliable_started
-        try:
-            if since is not None and stored_since(self.task.app, str(self.id), since - timedelta(seconds=1)):
-                return True
-            if self._store(exc, "exception", exc_info.traceback):
-                return True
-        except Exception as check_exc:
-            logger.error("Task %s[%s]: could not check that its failure is stored (%s); returned to the broker",
-                         self.name, self.id, check_exc)  # fmt: skip
-            self._reliable_record = self._record(exc, "exception", exc_info.traceback)
-            self.reject(requeue=True)
-        task_ready(self)
-        return False
 
     def _retry_worker_lost(self, exc: BaseException, exc_info: ExceptionInfo) -> bool:
         """Celery's worker-lost retry, with our backoff instead of ``default_retry_delay``."""
@@ -211,6 +185,7 @@ class ReliableRequest(Request):
             return True
         try:
             _check_time_limits(self.time_limits)
+            self._check_embed()
             self._check_depth()
             revoked = bool(super().revoked())
         except Exception as exc:
@@ -218,9 +193,16 @@ class ReliableRequest(Request):
             failure = raw.message_record(self._message, "invalid_message", exc, self.name, hostname=self._hostname)
             self._refuse(exc, "invalid_message", failure)
             return True
-        if not revoked:
-            self._reliable_started = utcnow()
         return revoked
+
+    def _check_embed(self) -> None:
+        """The pool process merges the body's third item into the request (``**embed``)."""
+        payload = getattr(self, "_payload", None)
+        embed = payload[2] if isinstance(payload, list | tuple) and len(payload) == 3 else None
+        if embed and not (isinstance(embed, dict) and all(isinstance(key, str) for key in embed)):
+            raise ValueError(
+                f"the body's third item (callbacks, chain, chord...) is {type(embed).__name__}, not an object"
+            )
 
     def _check_depth(self) -> None:
         """The pool gets the request pickled: refuse one nested too deeply for that (see envelope)."""
@@ -338,11 +320,8 @@ class ReliableRequest(Request):
             super().on_failure(exc_info, send_failed_event, return_ok)
             events.send_from_request(self, events.FAILURE_STORED, reason="worker_lost")
             return None
-        final = not lost and not isinstance(exc, Reject | Retry | Ignore | Terminated | TimeLimitExceeded | MemoryError)
-        if final and self.task.acks_late and not self._stored_by_pool(exc, exc_info):
-            return None
         super().on_failure(exc_info, send_failed_event, return_ok)
-        if final:
+        if not lost and not isinstance(exc, Reject | Retry | Ignore | Terminated | TimeLimitExceeded | MemoryError):
             # The pool process stored it in Task.on_failure (it raises Reject when it cannot).
             events.send_from_request(
                 self, events.FAILURE_STORED, reason=_reason_for_event(exc, self.task),

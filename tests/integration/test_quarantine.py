@@ -220,3 +220,32 @@ def test_an_unacknowledged_record_kombu_cannot_restore_is_stored(
         assert "Unrecoverable error" not in worker.output()
     finally:
         scenarios.close()
+
+
+def test_without_a_worker_to_store_it_an_entry_stays_quarantined_under_the_key_prefix(
+    private_redis: RedisServer,
+) -> None:
+    """A plain kombu consumer on the atomic-fetch transport (no failure table to store into) keeps
+    the entry in the quarantine list, under the connection's global key prefix, and goes on."""
+    url, prefix = private_redis.url, "app1:"
+    client = redis.Redis.from_url(url)
+    name = "fetch-prefixed"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    good: list[Any] = []
+    with Connection(url, transport=TRANSPORT, transport_options={"global_keyprefix": prefix}) as conn:
+        queue(conn.default_channel).declare()
+        client.lpush(f"{prefix}{name}", b"\xff not a message")  # taken before the message below
+        conn.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key=name)
+        with conn.Consumer(queue, callbacks=[lambda body, message: (good.append(body), message.ack())]):
+            for _ in range(6):
+                if good:
+                    break
+                try:
+                    conn.drain_events(timeout=1)
+                except TimeoutError:
+                    continue
+    assert good == [{"n": 1}]
+    (element,) = client.lrange(f"{prefix}{name}\x06\x16quarantine", 0, -1)
+    assert element.endswith(b":\xff not a message")
+    assert client.llen(f"{prefix}{name}") == 0 and not client.exists(f"{name}\x06\x16quarantine")
+    assert client.hlen(f"{prefix}unacked") == 0 and client.hlen(f"{prefix}{TAKES_KEY}") == 0
