@@ -24,7 +24,7 @@ from . import requeue as requeues
 from .envelope import MAX_DEPTH, deeper_than, may_nest_deeper
 from .exceptions import PermanentError
 from .failure_store import store
-from .retry import backoff_delay
+from .retry import backoff_delay, sendable_countdown
 from .store.failures import FailureRecord
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,9 @@ class ReliableRequest(Request):
         task: Any = self.task
         policy = task.policy
         cap = policy.backoff_max if policy.ceiling is None else min(policy.backoff_max, policy.ceiling)
-        delay = backoff_delay(int(self._context.retries or 0), policy.backoff or 0.0, cap, policy.jitter)
+        delay = sendable_countdown(
+            backoff_delay(int(self._context.retries or 0), policy.backoff or 0.0, cap, policy.jitter)
+        )
         had_own = "default_retry_delay" in task.__dict__
         saved = task.__dict__.get("default_retry_delay")
         task.default_retry_delay = delay  # read once by Celery, in this (single) main thread

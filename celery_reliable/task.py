@@ -22,7 +22,7 @@ from .failure_store import store
 from .install import fit_visibility_timeout, install, retry_ceiling
 from .publisher import PublishResult, publish
 from .requeue import REASON_RETRY, REQUEUE_LIMIT, HandedBack, RetryNotSentError, is_transient
-from .retry import RetryPolicy, decide, resolve_exceptions
+from .retry import RetryPolicy, decide, resolve_exceptions, sendable_countdown
 from .routing import celery_path, maybe_publish
 from .store.processed import is_processed, mark_processed, mark_processed_in
 
@@ -236,6 +236,9 @@ class ReliableTask(Task[Any, Any]):
         or do not fit the signature) cannot pass by itself: the failure is stored at once
         (``retry_not_sent``).
         """
+        countdown = kwargs.get("countdown")
+        if isinstance(countdown, int | float):
+            kwargs["countdown"] = sendable_countdown(countdown)
         try:
             with celery_path():
                 return super().retry(*args, **kwargs)

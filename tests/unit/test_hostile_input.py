@@ -191,3 +191,10 @@ def test_a_quarantine_element_is_split_into_its_id_and_entry() -> None:
     entry_id, entry = split_entry(b"\xff no id here")
     assert entry == b"\xff no id here" and entry_id.startswith("h") and len(entry_id) == 33
     assert split_entry(b"\xff no id here")[0] == entry_id  # the same each time it is read
+
+
+def test_a_sub_second_countdown_is_sent_as_whole_seconds() -> None:
+    from celery_reliable.retry import sendable_countdown
+
+    # kombu's native delayed delivery (quorum queues) raises ValueError for 0 < countdown < 1
+    assert [sendable_countdown(c) for c in (0, 0.2, 0.5, 0.7, 1, 2.5)] == [0, 0.0, 0.0, 1.0, 1, 2.5]
