@@ -59,6 +59,13 @@ def backoff_delay(
     return max(0.0, delay)
 
 
+def sendable_countdown(countdown: float) -> float:
+    """``countdown`` as every broker takes it: kombu's native delayed delivery (RabbitMQ quorum
+    queues) counts whole seconds and refuses one between 0 and 1, so those become the nearer of 0
+    and 1."""
+    return float(round(countdown)) if 0 < countdown < 1 else countdown
+
+
 def resolve_exceptions(names: Iterable[str], setting: str) -> tuple[type[BaseException], ...]:
     """Import dotted exception names; a name that is not an exception class is a config error."""
     resolved: list[type[BaseException]] = []

@@ -4,7 +4,7 @@ before the message is acknowledged, and optionally skip task ids that already co
 from __future__ import annotations
 
 import logging
-import time
+import traceback as tb_module
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,13 +16,14 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import record
+from . import arguments, record
 from .exceptions import StoreError
+from .failure_store import store
 from .install import fit_visibility_timeout, install, retry_ceiling
 from .publisher import PublishResult, publish
-from .retry import RetryPolicy, decide, resolve_exceptions
+from .requeue import REASON_RETRY, REQUEUE_LIMIT, HandedBack, RetryNotSentError, is_transient
+from .retry import RetryPolicy, decide, resolve_exceptions, sendable_countdown
 from .routing import celery_path, maybe_publish
-from .store.failures import record_failure
 from .store.processed import is_processed, mark_processed, mark_processed_in
 
 logger = logging.getLogger(__name__)
@@ -63,18 +64,17 @@ def _policies(values: Mapping[Any, Any], setting: str) -> dict[type[BaseExceptio
     return resolved
 
 
-#: True while Task.retry() publishes the retry message: it then uses Celery's own path.
-
-#: Consecutive failed attempts to store a failure in this process; each one waits longer (up to
-#: STORE_PAUSE_MAX) before the message is handed back, so a database outage is not a busy loop.
-_store_failures: list[float] = []
-STORE_PAUSE_MAX = 5.0
+def _reason_of(exc: BaseException) -> str | None:
+    """The failure reason an exception class carries (``bad_arguments``, ``retry_not_sent``)."""
+    reason = getattr(exc, "reliable_reason", None)
+    return reason if isinstance(reason, str) else None
 
 
-def _store_failed_pause() -> None:
-    pause = min(STORE_PAUSE_MAX, 0.1 * 2 ** len(_store_failures))
-    _store_failures.append(pause)
-    time.sleep(pause)
+def _described(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no exception"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:500]}" if text else type(exc).__name__
 
 
 if TYPE_CHECKING:
@@ -91,12 +91,14 @@ class ReliableTask(_TaskBase):
     * retried with exponential backoff and full jitter, per-exception policies, capped below the
       broker's redelivery timeout;
     * when it will not be retried again, the failure is written to the failed-task table and only
-      then acknowledged; if that write fails the message goes back to the broker;
+      then acknowledged; if that write fails the message goes back to the broker, after a pause,
+      and after ``max_requeues`` such hand-backs in a row its failure is stored instead;
+    * arguments that do not fit the task's signature are stored at once (``bad_arguments``), never run;
     * with ``idempotent=True`` a task id that already completed is not run again.
 
     Options (decorator keyword or class attribute; ``None`` means the ``reliable_*`` setting):
     ``max_retries``, ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``, ``retry_for``,
-    ``permanent_exceptions``, ``retry_policies``, ``idempotent``.
+    ``permanent_exceptions``, ``retry_policies``, ``idempotent``; and ``max_requeues``.
     """
 
     acks_late = True
@@ -114,6 +116,9 @@ class ReliableTask(_TaskBase):
     permanent_exceptions: tuple[Any, ...] = ()
     retry_policies: Mapping[Any, Any] | None = None
     idempotent: bool | None = None
+    #: Hand-backs of one message to the broker in a row (retry not sent, failure not stored) after
+    #: which its failure is stored instead (see celery_reliable.requeue).
+    max_requeues: int = REQUEUE_LIMIT
 
     _reliable: ClassVar[_Policy | None] = None
 
@@ -172,6 +177,12 @@ class ReliableTask(_TaskBase):
         if policy.builtin:
             return self.run(*args, **kwargs)
         task_id: str = request.id or ""
+        misfit = arguments.check(self, args, kwargs)
+        if misfit is not None:
+            # Cannot succeed, and its retry could not even be sent (Celery checks the arguments
+            # before publishing): stored at once, never run.
+            request.reliable_reason = arguments.REASON  # type: ignore[attr-defined]
+            raise misfit
         if policy.idempotent and task_id and is_processed(self.app, task_id):
             logger.info("Task %s[%s] already completed; duplicate delivery skipped", self.name, request.id)
             return None
@@ -207,7 +218,7 @@ class ReliableTask(_TaskBase):
             ceiling=policy.ceiling,
         )
         if not decision.retry:
-            reason = "permanent" if decision.reason == "permanent" else "exception"
+            reason = _reason_of(exc) or ("permanent" if decision.reason == "permanent" else "exception")
             self.request.reliable_reason = reason  # type: ignore[attr-defined]
             return
         countdown = decision.countdown
@@ -223,10 +234,17 @@ class ReliableTask(_TaskBase):
     def retry(self, *args: Any, **kwargs: Any) -> Retry:
         """Like :meth:`celery.Task.retry`, but a retry that cannot be sent is not dropped.
 
-        Celery turns a failed retry publish into ``Reject(requeue=False)``, deleting the message;
-        here the message goes back to the broker instead (``Reject(requeue=True)``), or stays
-        unacknowledged if the broker is gone, and runs again when it is back.
+        Celery turns a failed retry publish into ``Reject(requeue=False)``, deleting the message.
+        Here, when the broker is away (a connection error), the message goes back to the broker
+        instead (``Reject(requeue=True)``), or stays unacknowledged if the broker is gone, and runs
+        again when it is back; the worker's main process paces those hand-backs and stores the
+        failure after ``max_requeues`` of them. Any other cause (arguments that cannot be encoded
+        or do not fit the signature) cannot pass by itself: the failure is stored at once
+        (``retry_not_sent``).
         """
+        countdown = kwargs.get("countdown")
+        if isinstance(countdown, int | float):
+            kwargs["countdown"] = sendable_countdown(countdown)
         try:
             with celery_path():
                 return super().retry(*args, **kwargs)
@@ -234,11 +252,29 @@ class ReliableTask(_TaskBase):
             reason = getattr(rejection, "reason", None)
             if getattr(rejection, "requeue", False) or not isinstance(reason, Exception):
                 raise
+            failed = kwargs.get("exc")
+            message = (
+                f"The retry of task {self.name}[{self.request.id}] could not be sent ({_described(reason)}); "
+                f"the task had failed with {_described(failed)}."
+            )
+            if not is_transient(reason):
+                logger.error("Task %s[%s]: retry could not be sent (%r); the failure is stored",
+                             self.name, self.request.id, reason)  # fmt: skip
+                self.request.reliable_reason = REASON_RETRY  # type: ignore[attr-defined]
+                raise RetryNotSentError(f"{message} Fix the cause, then replay it.") from reason
             logger.error(
                 "Task %s[%s]: retry could not be sent (%r); message returned to the broker",
                 self.name, self.request.id, reason,
             )  # fmt: skip
-            raise Reject(reason, requeue=True) from None
+            traceback = None
+            if isinstance(failed, BaseException):
+                traceback = "".join(tb_module.format_exception(type(failed), failed, failed.__traceback__))
+            failure = record.from_request(
+                self.name, vars(self.request), RetryNotSentError(f"{message} Stored after it could not be sent "
+                                                                 "again and again; replay it."),
+                reason=REASON_RETRY, traceback=traceback, hostname=self.request.hostname or "",
+            )  # fmt: skip
+            raise Reject(HandedBack(message, failure), requeue=True) from None
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -302,7 +338,7 @@ class ReliableTask(_TaskBase):
         request = self.request
         if request.called_directly or getattr(request, "is_eager", False):
             return
-        reason = getattr(request, "reliable_reason", None) or "exception"
+        reason = getattr(request, "reliable_reason", None) or _reason_of(exc) or "exception"
         try:
             failure = record.from_request(
                 self.name,
@@ -312,16 +348,20 @@ class ReliableTask(_TaskBase):
                 traceback=einfo.traceback if einfo is not None else None,
                 hostname=request.hostname or "",
             )
-            row_id = record_failure(self.app, failure)
+        except Exception as build_exc:  # a request too broken to describe: keep what can be kept
+            failure = record.from_request(self.name, {"id": task_id}, exc, reason=reason)
+            failure.exc_message += f" [celery_reliable: the request could not be recorded: {build_exc!r}]"
+        try:
+            row_id = store(self.app, failure)
         except Exception as store_exc:
             logger.error(
                 "Task %s[%s] failed for good but its failure could not be stored (%s); "
                 "message returned to the broker",
                 self.name, task_id, store_exc, exc_info=not isinstance(store_exc, StoreError),
             )  # fmt: skip
-            _store_failed_pause()
-            raise Reject(store_exc, requeue=True) from None
-        _store_failures.clear()
+            # The worker's main process paces the hand-back and, after max_requeues of them,
+            # stores this same record itself.
+            raise Reject(HandedBack(f"its failure could not be stored: {store_exc}", failure), requeue=True) from None
         logger.error(
             "Task %s[%s] failed after %d attempt(s) (%s); stored as failed task %d",
             self.name, task_id, failure.attempts, failure.exc_type, row_id,

@@ -280,3 +280,18 @@ def die_after_fetch(
     channel.client.connection.disconnect()
     conn.release()
     return channel
+
+
+def wait_while_alive(worker: Worker, predicate: Callable[[], Any], timeout: float, what: str = "") -> Any:
+    """:func:`wait_for`, failing at once (with the log's tail) if ``worker`` exits meanwhile."""
+
+    def check() -> Any:
+        value = predicate()
+        if not value and not worker.alive():
+            return ("exited",)
+        return value
+
+    value = wait_for(check, timeout, what=what)
+    if value == ("exited",):
+        raise AssertionError(f"worker exited while waiting for {what}:\n{worker.output()[-3000:]}")
+    return value

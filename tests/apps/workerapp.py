@@ -150,6 +150,39 @@ def fail_then_ok(self, key):
     _effect(key, self.request.id)
 
 
+# --- hostile input ---
+
+
+@app.task(bind=True, name="t.type_error_inside")
+def type_error_inside(self, key):
+    """A TypeError from the task's own code: an ordinary exception, retried."""
+    _attempt(key)
+    return len(key, key)  # TypeError: len() takes exactly one argument
+
+
+@app.task(bind=True, name="t.retry_unencodable")
+def retry_unencodable(self, key):
+    """Its retry can never be sent: the new arguments cannot be encoded as JSON."""
+    _attempt(key)
+    raise self.retry(args=[object()], countdown=0.1)
+
+
+@app.task(bind=True, name="t.retry_always", max_requeues=3)
+def retry_always(self, key):
+    """Asks for a retry on every run (the broker it publishes to may be down)."""
+    _attempt(key)
+    raise self.retry(countdown=0.1)
+
+
+@app.task(bind=True, name="t.requeue_always", max_requeues=3)
+def requeue_always(self, key):
+    """Hands its message back to the broker on every run."""
+    from celery.exceptions import Reject
+
+    _attempt(key)
+    raise Reject(f"handing {key} back", requeue=True)
+
+
 # --- fault tasks ---
 
 
