@@ -115,7 +115,7 @@ class Store:
         self.created = False
 
     def create(self) -> Store:
-        from celery_reliable.migrate import upgrade
+        from celery_reliable.store.migrate import upgrade
 
         if self.kind == "postgres":
             admin = create_engine(self.pg_url, isolation_level="AUTOCOMMIT")
@@ -557,11 +557,11 @@ def store_operations(store: Store, calls: int) -> str:
     """Time the store calls a ReliableTask makes, one by one, and leaner equivalents."""
     from sqlalchemy import insert, select
 
-    from celery_reliable import record
     from celery_reliable.store.engine import dispose, get_engine
     from celery_reliable.store.failures import record_failure
     from celery_reliable.store.models import ProcessedTask, utcnow
     from celery_reliable.store.processed import is_processed, mark_processed
+    from celery_reliable.worker import record
 
     app, _tasks = _inprocess_app(store.url)
     engine = get_engine(app)

@@ -4,7 +4,7 @@
 
 A queue of N small messages is drained by one kombu consumer that acknowledges each message,
 once with kombu's Redis transport (BRPOP, then the unacked record in a second round trip) and
-once with ``celery_reliable.redis_fetch`` (a BLMOVE wake-up and a Lua script that takes and
+once with ``celery_reliable.broker.redis_fetch`` (a BLMOVE wake-up and a Lua script that takes and
 records the message in one step). Both run in this process, in turns, on the same Redis
 database (db 13) with a queue of their own; the median run of each is compared.
 """
@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from kombu import Connection, Exchange, Queue
 
-from celery_reliable.redis_fetch import TRANSPORT
+from celery_reliable.broker.redis_fetch import TRANSPORT
 
 VARIANTS = {"kombu": "redis", "atomic": TRANSPORT}
 #: Redis database of this benchmark (tests use 11, the other benchmarks 12).

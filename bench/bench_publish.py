@@ -96,7 +96,7 @@ def make_app(
 
 
 def close_app(app: Celery) -> None:
-    from celery_reliable.publisher import reset_publisher
+    from celery_reliable.send.publisher import reset_publisher
     from celery_reliable.store.engine import dispose
 
     reset_publisher(app)
@@ -115,7 +115,7 @@ def pct(values: list[float], q: float) -> float:
 
 def pending_rows(app: Celery, start: int, count: int, *, status: str = "pending") -> list[dict[str, Any]]:
     """``count`` rows as ``publish()`` would store them (``prepare`` of the same messages)."""
-    from celery_reliable.publisher import get_publisher, prepare, with_message
+    from celery_reliable.send.publisher import get_publisher, prepare, with_message
     from celery_reliable.store.models import utcnow
 
     now = utcnow()
@@ -455,7 +455,7 @@ class Bench:
     # -- 4: outbox latency ------------------------------------------------------------------------
 
     def outbox_section(self) -> None:
-        from celery_reliable import outbox
+        from celery_reliable.send import outbox
 
         args = self.args
         transport = {"global_keyprefix": self.redis.prefix}
@@ -612,7 +612,7 @@ class Bench:
         """The relay's steps one after another (no claim ahead), timed per step, then cProfiled."""
         import cProfile
 
-        from celery_reliable.relay import send_rows
+        from celery_reliable.send.relay import send_rows
         from celery_reliable.store.pending import claim_rows
 
         args = self.args

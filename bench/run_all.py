@@ -14,7 +14,7 @@ Parts, each against plain Celery on the same machine, brokers and database, in t
               drain rate against its batch size, where its time goes (profile), and the claim's
               cost against the pending table's size (1k -> 1M rows) with its query plan
     fetch     ``bench.bench_fetch``: a kombu consumer draining Redis with kombu's fetch against
-              the atomic fetch of ``celery_reliable.redis_fetch``
+              the atomic fetch of ``celery_reliable.broker.redis_fetch``
 
 The summary is printed and written to ``bench/results/summary.md``; each part's full report
 to ``bench/results/consumer.md`` and ``bench/results/publish.md`` (the directory is git-ignored).

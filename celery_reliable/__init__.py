@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from . import maintenance as _maintenance  # registers celery_reliable.cleanup on every app
-from . import relay as _relay  # registers celery_reliable.relay on every app
 from .app import ReliableCelery
 from .config import ReliableSettings, get_settings
-from .doctor import Report as DoctorReport
-from .doctor import Result as DoctorResult
-from .doctor import Status as DoctorStatus
-from .doctor import run_checks
 from .exceptions import (
     BadMessageError,
     ImproperlyConfigured,
@@ -20,20 +14,26 @@ from .exceptions import (
     ReplayError,
     StoreError,
 )
-from .install import install
-from .metrics import ReliableCollector
-from .migrate import upgrade
-from .outbox import Outbox, outbox, publish_staged
-from .publisher import PublishResult, publish
-from .relay import RelayStats, relay_once
-from .replay import ReplayResult, replay, replay_many
-from .retry import RetryPolicy
-from .status import Summary, summary
+from .ops.doctor import Report as DoctorReport
+from .ops.doctor import Result as DoctorResult
+from .ops.doctor import Status as DoctorStatus
+from .ops.doctor import run_checks
+from .ops.metrics import ReliableCollector
+from .ops.status import Summary, summary
+from .ops.verify import VerifyOptions, VerifyReport, VerifySetupError, run_verify
+from .send import relay as _relay  # registers celery_reliable.relay on every app
+from .send.outbox import Outbox, outbox, publish_staged
+from .send.publisher import PublishResult, publish
+from .send.relay import RelayStats, relay_once
+from .send.replay import ReplayResult, replay, replay_many
+from .store import cleanup as _maintenance  # registers celery_reliable.cleanup on every app
 from .store.failures import FailureFilter, get_failure, list_failures, purge_failures
+from .store.migrate import upgrade
 from .store.models import FailedTask, FailureStatus, PendingMessage, PendingStatus, ProcessedTask
 from .store.pending import count_by_status, list_pending
-from .task import ReliableTask
-from .verify import VerifyOptions, VerifyReport, VerifySetupError, run_verify
+from .worker.install import install
+from .worker.retry import RetryPolicy
+from .worker.task import ReliableTask
 
 __version__ = "0.1.0"
 

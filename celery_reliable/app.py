@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Celery
 
-from .routing import celery_path, maybe_publish
+from .send.publish_all import celery_path, maybe_publish
 
 
 class ReliableCelery(Celery):
@@ -19,7 +19,7 @@ class ReliableCelery(Celery):
     :class:`~celery_reliable.PublishResult` in ``.reliable``.
     """
 
-    task_cls = "celery_reliable.task:ReliableTask"
+    task_cls = "celery_reliable.worker.task:ReliableTask"
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None, *positional: Any, **options: Any) -> Any:
         # countdown, eta, ... given by position are rare: Celery's own path takes them as they are

@@ -14,7 +14,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import create_engine, text
 
-from celery_reliable.redis_fetch import stage_list
+from celery_reliable.broker.redis_fetch import stage_list
 from tests.harness import ROOT, TestDatabase, Worker, wait_for
 
 for _name in list(os.environ):

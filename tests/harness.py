@@ -147,7 +147,7 @@ class TestDatabase:
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
 
     def prepare(self) -> None:
-        from celery_reliable.migrate import upgrade
+        from celery_reliable.store.migrate import upgrade
 
         upgrade(self.url)
         TestBase.metadata.create_all(self.engine)

@@ -60,7 +60,7 @@ class PendingValues:
     options: dict[str, Any]
     eta: datetime | None
     expires_at: datetime | None
-    #: the message as written to a Redis broker, built ahead (see celery_reliable.redis_wire)
+    #: the message as written to a Redis broker, built ahead (see celery_reliable.broker.redis_wire)
     message: str | None = None
 
     def row(self, source: str, next_attempt_at: datetime, error: str = "") -> dict[str, Any]:

@@ -205,7 +205,7 @@ def fault_idem_race(self, key, seconds):
 
 # A visibility timeout set by the user in broker_transport_options is used as is. The one from
 # reliable_visibility_timeout (RELIABLE_TEST_VT) is raised to 62 s here, above t.hang's
-# time_limit=2 (celery_reliable.install.fit_visibility_timeout), so fault tests that need a
+# time_limit=2 (celery_reliable.worker.install.fit_visibility_timeout), so fault tests that need a
 # short one set RELIABLE_TEST_FAULT_VT.
 if os.environ.get("RELIABLE_TEST_FAULT_VT"):
     app.conf.broker_transport_options = {

@@ -1,4 +1,4 @@
-"""``python -m tests.chaos.doctor``: what ``celery_reliable.doctor`` says about the chaos app as
+"""``python -m tests.chaos.doctor``: what ``celery_reliable.ops.doctor`` says about the chaos app as
 configured by the run's environment, as JSON on stdout (``{"exit_code": n, "checks": {...}}``)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 
 def main() -> None:
-    from celery_reliable.doctor import run_checks
+    from celery_reliable.ops.doctor import run_checks
     from tests.chaos.app import app
 
     report = run_checks(app)

@@ -221,7 +221,7 @@ class Database:
                 conn.execute(text(f"CREATE DATABASE {self._name}"))
             admin.dispose()
             self.url = f"{POSTGRES_URL.rpartition('/')[0]}/{self._name}"
-        from celery_reliable.migrate import upgrade
+        from celery_reliable.store.migrate import upgrade
         from tests.chaos.models import ChaosBase
 
         upgrade(self.url)
@@ -463,7 +463,7 @@ class Run:
         return False
 
     def _start_doctor(self) -> Process:
-        """``celery_reliable.doctor`` on this run's configuration, before any fault."""
+        """``celery_reliable.ops.doctor`` on this run's configuration, before any fault."""
         env = self.env(consumer=True, CHAOS_BROKER=self.broker.direct_url)
         return Process([PYTHON, "-m", "tests.chaos.doctor"], env, self.tmp / "doctor.log").start()
 

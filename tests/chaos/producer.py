@@ -9,7 +9,7 @@ message leaves (for the outbox: inside the commit, before the post-commit send).
   a send that still fails is logged and the producer goes on, as a web request would.
 * ``publish``: ``celery_reliable.publish()`` after the commit (sent, or kept as pending).
 * ``outbox``: the message is staged in the same transaction as the row
-  (``celery_reliable.outbox``) and sent right after the commit, or by the relay.
+  (``celery_reliable.send.outbox``) and sent right after the commit, or by the relay.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def produce(plan: dict[str, Any]) -> None:
     for index, (key, task, args) in enumerate(plan["messages"]):
         dying = index == kill_at
         if mode == "outbox":
-            from celery_reliable import outbox
+            from celery_reliable.send import outbox
 
             with Session(db) as session:
                 if dying:  # registered first, so it runs before the outbox's post-commit send

@@ -20,7 +20,7 @@ import pytest
 import redis
 from kombu import Connection, Queue
 
-from celery_reliable.redis_fetch import TRANSPORT
+from celery_reliable.broker.redis_fetch import TRANSPORT
 from tests.conftest import Scenario
 from tests.faults.conftest import private_redis_scenario
 from tests.harness import RedisServer, die_after_fetch, wait_for

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_reliable.migrate import head_revision
+from celery_reliable.store.migrate import head_revision
 
 pytestmark = pytest.mark.integration
 

@@ -31,9 +31,9 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from celery_reliable import summary, upgrade
-from celery_reliable.cli import reliable
-from celery_reliable.cli.options import json_value, paced, parse_when
-from celery_reliable.publisher import reset_publisher
+from celery_reliable.ops.cli import reliable
+from celery_reliable.ops.cli.options import json_value, paced, parse_when
+from celery_reliable.send.publisher import reset_publisher
 from celery_reliable.store.engine import dispose
 from celery_reliable.store.models import FailedTask, PendingMessage, ProcessedTask
 from tests.conftest import drop_queue, unique_queue

@@ -21,12 +21,12 @@ from celery import Celery, Task
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Connection, Queue
 
-from celery_reliable.consumer import ReliableConsumer
-from celery_reliable.doctor import Report, Status, run_checks
-from celery_reliable.doctor.tasks import task_facts
-from celery_reliable.doctor.timeouts import check_retry_delays, check_time_limits
-from celery_reliable.migrate import upgrade
+from celery_reliable.ops.doctor import Report, Status, run_checks
+from celery_reliable.ops.doctor.tasks import task_facts
+from celery_reliable.ops.doctor.timeouts import check_retry_delays, check_time_limits
 from celery_reliable.store.engine import dispose
+from celery_reliable.store.migrate import upgrade
+from celery_reliable.worker.consumer import ReliableConsumer
 from tests.harness import ROOT, RedisServer, wait_for
 
 pytestmark = pytest.mark.integration

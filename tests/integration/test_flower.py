@@ -283,7 +283,7 @@ def test_flower_api_shows_failure_retry_and_replay(env: Env) -> None:
 
 
 def test_flower_shows_a_relayed_pending_message(env: Env) -> None:
-    from celery_reliable.relay import relay_once
+    from celery_reliable.send.relay import relay_once
 
     key = f"relayed-{uuid.uuid4().hex[:6]}"
     task_id = f"{key}-id"
@@ -457,7 +457,7 @@ def test_chromium_clicks_replay(env: Env, tmp_path: Path) -> None:
 
 
 def test_nav_link_goes_into_the_navigation_list_only() -> None:
-    from celery_reliable.flower.nav import NAV_LIST, add_link
+    from celery_reliable.ops.flower.nav import NAV_LIST, add_link
 
     page = b"<body>" + NAV_LIST + b"<li>Workers</li></ul><ul><li>Theme</li></ul></body>"
     linked = add_link(page, "/p/reliability", active=False)
@@ -471,7 +471,7 @@ def test_nav_link_goes_into_the_navigation_list_only() -> None:
 
 def test_only_supported_flower_versions_are_accepted() -> None:
     from celery_reliable.exceptions import ImproperlyConfigured
-    from celery_reliable.flower import check_version
+    from celery_reliable.ops.flower import check_version
 
     check_version("2.2.0")
     check_version("2.2.7")

@@ -18,7 +18,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select
 
-from celery_reliable.status import OTHER, TOP
+from celery_reliable.ops.status import OTHER, TOP
 from celery_reliable.store.models import FailedTask
 from tests.conftest import Scenario, make_scenario
 from tests.harness import wait_for
@@ -27,7 +27,7 @@ from tests.integration.test_flower import FlowerProcess
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
 ROWS = 10_000
-#: Names offered by the page's task filter (celery_reliable.flower.rows.CHOICES).
+#: Names offered by the page's task filter (celery_reliable.ops.flower.rows.CHOICES).
 CHOICES = 50
 
 

@@ -50,7 +50,7 @@ def test_arguments_that_do_not_fit_the_signature_are_stored_once(scenario: Scena
     (row,) = scenario.db.failed_rows()
     assert (row["task_id"], row["task_name"], row["reason"], row["attempts"]) == (task_id, "t.ok", "bad_arguments", 1)
     assert row["args"] == [1, 2, 3, 4] and row["kwargs"] == {}
-    assert row["exc_type"] == "celery_reliable.arguments.BadArgumentsError"
+    assert row["exc_type"] == "celery_reliable.worker.arguments.BadArgumentsError"
     message = row["exc_message"]
     for part in ("t.ok", "args=[1, 2, 3, 4]", "too many positional arguments", "expects ok(key)", "replay"):
         assert part in message, (part, message)
@@ -83,7 +83,7 @@ def test_a_retry_that_cannot_be_encoded_is_stored_at_once(scenario: Scenario) ->
     time.sleep(1.0)
     (row,) = scenario.db.failed_rows()
     assert (row["reason"], row["attempts"]) == ("retry_not_sent", 1)
-    assert row["exc_type"] == "celery_reliable.requeue.RetryNotSentError"
+    assert row["exc_type"] == "celery_reliable.worker.requeue.RetryNotSentError"
     assert "could not be sent (EncodeError" in row["exc_message"], row["exc_message"]
     assert scenario.db.counts().attempt("enc-1") == 1  # run once, never handed back
     assert "message returned to the broker" not in worker.output()
@@ -120,7 +120,7 @@ def test_a_retry_that_cannot_be_sent_while_the_broker_is_away_is_stored_after_it
     wait_for(lambda: _rows(scenario, task_id), 60, what="the failed row after 3 hand-backs")
     scenario.wait_empty(PROMPT)
     (row,) = scenario.db.failed_rows()
-    assert (row["reason"], row["exc_type"]) == ("retry_not_sent", "celery_reliable.requeue.RetryNotSentError")
+    assert (row["reason"], row["exc_type"]) == ("retry_not_sent", "celery_reliable.worker.requeue.RetryNotSentError")
     assert "handed back to the broker 3 times in a row" in row["exc_message"], row["exc_message"]
     assert "could not be sent (OperationalError" in row["exc_message"], row["exc_message"]
     assert scenario.db.counts().attempt("away-1") == 4

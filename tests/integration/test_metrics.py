@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
-from celery_reliable.metrics import ReliableCollector, register
-from celery_reliable.migrate import upgrade
+from celery_reliable.ops.metrics import ReliableCollector, register
 from celery_reliable.store.failures import FailureRecord, claim_for_replay, finish_replay, record_failure, session_scope
+from celery_reliable.store.migrate import upgrade
 from celery_reliable.store.models import PendingMessage, utcnow
 from celery_reliable.store.pending import PendingValues, add_pending
 from celery_reliable.store.processed import mark_processed

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, insert, select
 
-from celery_reliable.migrate import upgrade
+from celery_reliable.store.migrate import upgrade
 from celery_reliable.store.models import FailedTask, PendingMessage
 from tests.harness import ROOT
 

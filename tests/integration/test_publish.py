@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.orm import Session
 
 from celery_reliable import PublishError, publish, relay_once, upgrade
-from celery_reliable.publisher import reset_publisher
+from celery_reliable.send.publisher import reset_publisher
 from celery_reliable.store.engine import dispose
 from celery_reliable.store.models import PendingMessage
 from tests.apps.effects import Effect

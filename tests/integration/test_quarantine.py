@@ -4,7 +4,7 @@ failed-task table (``undecodable``), taken off the queue, and the worker keeps r
 kombu's Redis fetch trusts every entry of a queue: one that is not JSON, not an object, not UTF-8,
 nested too deeply, without ``properties`` or a delivery tag, or with a body that is not base64
 made the worker exit ("Unrecoverable error"), and the entry was in no list, not in ``unacked`` and
-not in the table. See celery_reliable.redis_fetch (the quarantine) and celery_reliable.envelope.
+not in the table. See celery_reliable.broker.redis_fetch (the quarantine) and celery_reliable.broker.redis_envelope.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from celery_reliable.redis_fetch import TRANSPORT, stage_list
+from celery_reliable.broker.redis_fetch import TRANSPORT, stage_list
 from tests.conftest import Scenario, make_scenario
 from tests.harness import RedisServer, die_after_fetch, wait_for, wait_while_alive
 from tests.integration.test_queue_fuzz import capture_envelope, redis_leftovers, redis_scenario

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from celery_reliable.redis_fetch import stage_list
+from celery_reliable.broker.redis_fetch import stage_list
 from tests.conftest import Scenario, make_scenario
 from tests.harness import wait_for, wait_while_alive
 from tests.malformed import Entry, Factory, quarantine_list, tally, tokens_in

@@ -1,4 +1,4 @@
-"""The atomic Redis fetch (``celery_reliable.redis_fetch``) against private redis-servers.
+"""The atomic Redis fetch (``celery_reliable.broker.redis_fetch``) against private redis-servers.
 
 The loss it closes is shown with kombu's own transport first: a consumer whose connection dies
 after Redis answered its BRPOP, before it recorded the message as unacknowledged, has taken
@@ -22,7 +22,7 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from celery_reliable.redis_fetch import SENTINEL_TRANSPORT, TRANSPORT, fetch_connection, stage_list
+from celery_reliable.broker.redis_fetch import SENTINEL_TRANSPORT, TRANSPORT, fetch_connection, stage_list
 from tests.harness import RedisServer, die_after_fetch, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
@@ -262,7 +262,7 @@ def test_a_worker_that_fails_over_to_its_next_url_keeps_the_atomic_fetch(redis_s
     scenario.send("t.ok", key, task_id=key)
     wait_for(lambda: scenario.db.counts().effect(key) == 1, 60, what="the task run")
     connected = [line for line in worker.output().splitlines() if "Connected to" in line]
-    assert connected and all("celery_reliable.redis_fetch:Transport://" in line for line in connected), connected
+    assert connected and all("celery_reliable.broker.redis_fetch:Transport://" in line for line in connected), connected
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from celery_reliable import publish
-from celery_reliable.publisher import get_publisher, reset_publisher
+from celery_reliable.send.publisher import get_publisher, reset_publisher
 from celery_reliable.store.engine import dispose
 from tests.harness import RedisServer, wait_for
 from tests.integration.test_publish import migrated, pending_rows

@@ -14,7 +14,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import create_engine, insert
 
-from celery_reliable.publisher import prepare
+from celery_reliable.send.publisher import prepare
 from celery_reliable.store.models import PendingMessage, utcnow
 from tests.harness import ROOT
 from tests.integration import test_publish
@@ -29,7 +29,7 @@ import json, os, sys, time
 from celery import Celery
 from celery_reliable import relay_once
 from celery_reliable.store.engine import dispose
-from celery_reliable.publisher import reset_publisher
+from celery_reliable.send.publisher import reset_publisher
 
 app = Celery("relay-" + sys.argv[1], broker=os.environ["RT_BROKER"], set_as_current=False)
 app.conf.update(

@@ -13,7 +13,6 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.orm import Session
 
 from celery_reliable import FailureFilter, StoreError, upgrade
-from celery_reliable.migrate import VERSION_TABLE, current_revision, downgrade, head_revision
 from celery_reliable.store.engine import dispose, get_engine
 from celery_reliable.store.failures import (
     FailureRecord,
@@ -26,6 +25,7 @@ from celery_reliable.store.failures import (
     purge_failures,
     record_failure,
 )
+from celery_reliable.store.migrate import VERSION_TABLE, current_revision, downgrade, head_revision
 from celery_reliable.store.models import Base
 from celery_reliable.store.processed import is_processed, mark_processed, mark_processed_in, purge_processed
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from celery_reliable.migrate import upgrade
+from celery_reliable.store.migrate import upgrade
 from tests.harness import ROOT
 
 pytestmark = pytest.mark.integration

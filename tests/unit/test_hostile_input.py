@@ -15,10 +15,11 @@ from kombu.exceptions import EncodeError, OperationalError
 from kombu.transport.virtual.base import Base64
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from celery_reliable import arguments, envelope, failure_store, raw, requeue
+from celery_reliable.broker import redis_envelope as envelope
+from celery_reliable.broker.redis_fetch import split_entry
 from celery_reliable.exceptions import PermanentError, StoreError
-from celery_reliable.redis_fetch import split_entry
 from celery_reliable.store.failures import FailureRecord
+from celery_reliable.worker import arguments, failure_store, raw, requeue
 
 CODECS = {"base64": Base64()}
 
@@ -194,7 +195,7 @@ def test_a_quarantine_element_is_split_into_its_id_and_entry() -> None:
 
 
 def test_a_sub_second_countdown_is_sent_as_whole_seconds() -> None:
-    from celery_reliable.retry import sendable_countdown
+    from celery_reliable.worker.retry import sendable_countdown
 
     # kombu's native delayed delivery (quorum queues) raises ValueError for 0 < countdown < 1
     assert [sendable_countdown(c) for c in (0, 0.2, 0.5, 0.7, 1, 2.5)] == [0, 0.0, 0.0, 1.0, 1, 2.5]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from celery_reliable import ReliableTask
-from celery_reliable.install import RELIABLE_CONSUMER, retry_ceiling
+from celery_reliable.worker.install import RELIABLE_CONSUMER, retry_ceiling
 
 
 def _app(broker: str, **conf: object) -> Celery:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from celery_reliable.cli.base import table
+from celery_reliable.ops.cli.base import table
 from celery_reliable.text import printable
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError, NoPermissionError
 
-from celery_reliable.redis_fetch import Channel, version_tuple
+from celery_reliable.broker.redis_fetch import Channel, version_tuple
 
 
 class FakeClient:
@@ -58,7 +58,7 @@ def test_redis_with_blmove_and_scripts_fetches_atomically() -> None:
     ],
 )
 def test_falls_back_to_kombus_fetch_and_says_why(client: FakeClient, reason: str, caplog: Any) -> None:
-    with caplog.at_level(logging.WARNING, logger="celery_reliable.redis_fetch"):
+    with caplog.at_level(logging.WARNING, logger="celery_reliable.broker.redis_fetch"):
         assert _channel(client)._decide() is False
     assert reason in caplog.text and "atomic fetch is off" in caplog.text
 
@@ -74,14 +74,14 @@ def test_a_broker_down_decides_nothing() -> None:
     assert channel._atomic is None  # asked again once the broker answers
 
 
-ATOMIC = "celery_reliable.redis_fetch:Transport"
-SENTINEL = "celery_reliable.redis_fetch:SentinelTransport"
+ATOMIC = "celery_reliable.broker.redis_fetch:Transport"
+SENTINEL = "celery_reliable.broker.redis_fetch:SentinelTransport"
 
 
 def _app(broker: str, **conf: Any) -> Any:
     from celery import Celery
 
-    from celery_reliable.install import install
+    from celery_reliable.worker.install import install
 
     app = Celery(f"fetch_{uuid.uuid4().hex[:8]}", broker=broker)
     app.conf.update(reliable_database_url="sqlite://", **conf)
@@ -94,7 +94,7 @@ def _app(broker: str, **conf: Any) -> Any:
     [
         ("redis://127.0.0.1:6379/0", {}, ATOMIC),
         ("redis://a:6379/0;redis://b:6379/0", {}, ATOMIC),
-        ("sentinel://a:26379;sentinel://b:26379", {}, "celery_reliable.redis_fetch:SentinelTransport"),
+        ("sentinel://a:26379;sentinel://b:26379", {}, "celery_reliable.broker.redis_fetch:SentinelTransport"),
         ("amqp://guest@localhost//", {}, None),
         ("rediss://127.0.0.1:6380/0", {}, ATOMIC),
         ("redis://a:6379/0;rediss://b:6380/0", {}, ATOMIC),
@@ -107,7 +107,7 @@ def _app(broker: str, **conf: Any) -> Any:
     ],
 )
 def test_which_workers_fetch_atomically(broker: str, conf: dict[str, Any], transport: str | None) -> None:
-    from celery_reliable.install import atomic_fetch, atomic_fetch_off
+    from celery_reliable.worker.install import atomic_fetch, atomic_fetch_off
 
     app = _app(broker, **conf)
     assert atomic_fetch(app) == transport
@@ -115,7 +115,7 @@ def test_which_workers_fetch_atomically(broker: str, conf: dict[str, Any], trans
 
 
 def test_a_users_own_consumer_turns_it_off_with_the_reason() -> None:
-    from celery_reliable.install import atomic_fetch_off
+    from celery_reliable.worker.install import atomic_fetch_off
 
     app = _app("redis://127.0.0.1:6379/0")
     app.conf.worker_consumer = "celery.worker.consumer:Consumer"  # set after install: the user's choice
@@ -123,12 +123,12 @@ def test_a_users_own_consumer_turns_it_off_with_the_reason() -> None:
 
 
 @pytest.mark.parametrize(
-    "scheme,transport", [("redis", ATOMIC), ("sentinel", "celery_reliable.redis_fetch:SentinelTransport")]
+    "scheme,transport", [("redis", ATOMIC), ("sentinel", "celery_reliable.broker.redis_fetch:SentinelTransport")]
 )
 def test_a_failover_keeps_the_atomic_fetch(scheme: str, transport: str) -> None:
     from kombu import Connection
 
-    from celery_reliable.redis_fetch import FetchConnection, fetch_connection
+    from celery_reliable.broker.redis_fetch import FetchConnection, fetch_connection
 
     urls = f"{scheme}://127.0.0.1:1/0;{scheme}://127.0.0.1:2/0"
     kombus = Connection(urls, transport=transport)
@@ -145,4 +145,4 @@ def test_a_failover_keeps_the_atomic_fetch(scheme: str, transport: str) -> None:
     )
     ours.switch(f"{scheme}://127.0.0.1:2/0")
     assert ours.transport_cls == transport and ours.port == 2
-    assert type(ours.transport).__module__ == "celery_reliable.redis_fetch"
+    assert type(ours.transport).__module__ == "celery_reliable.broker.redis_fetch"

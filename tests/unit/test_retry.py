@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from celery_reliable import ImproperlyConfigured, PermanentError, RetryPolicy
-from celery_reliable.retry import backoff_delay, decide, resolve_exceptions
+from celery_reliable.worker.retry import backoff_delay, decide, resolve_exceptions
 
 
 def _decide(exc: BaseException, retries: int, **kw: object):  # type: ignore[no-untyped-def]

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from celery_reliable.verify.plan import PROBES, Plan, VerifyOptions
-from celery_reliable.verify.store import seq_of
+from celery_reliable.ops.verify.plan import PROBES, Plan, VerifyOptions
+from celery_reliable.ops.verify.store import seq_of
 
 
 def test_poison_probes_are_spread_and_alternate_kinds() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from celery_reliable import versions
-from celery_reliable.doctor.result import Status
-from celery_reliable.doctor.versions import check_versions
-from celery_reliable.install import atomic_fetch_off, install
+from celery_reliable.broker import versions
+from celery_reliable.ops.doctor.result import Status
+from celery_reliable.ops.doctor.versions import check_versions
+from celery_reliable.worker.install import atomic_fetch_off, install
 
 
 @pytest.mark.parametrize(

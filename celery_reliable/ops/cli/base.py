@@ -1,0 +1,84 @@
+"""The ``reliable`` command group and the output helpers every subcommand shares.
+
+Human output goes through :func:`echo`, :func:`table` and :class:`CleanError`, which escape the
+control characters of stored text (task names, exception messages, tracebacks, hostnames, send
+errors) so a row cannot drive the operator's terminal; ``--json`` output is JSON with ASCII
+escapes, so it is safe as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+from celery import Celery
+from celery.bin.base import handle_preload_options
+
+from ...exceptions import ReliableError
+from ...text import printable
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@click.group(name="reliable")
+@click.pass_context
+@handle_preload_options
+def reliable(ctx: click.Context) -> None:
+    """celery_reliable: pending and failed messages, migrations, checks."""
+
+
+def app_of(ctx: click.Context) -> Celery:
+    """The Celery app given with ``celery -A proj``."""
+    app: Celery = ctx.obj.app
+    return app
+
+
+def json_option(func: F) -> F:
+    """Add ``--json``: machine-readable output instead of aligned tables."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+
+
+class CleanError(click.ClickException):
+    """``Error: ...`` and exit code 1, with the control characters of the message escaped."""
+
+    def format_message(self) -> str:
+        return printable(self.message, multiline=True)
+
+
+@contextmanager
+def reliable_errors() -> Iterator[None]:
+    """Turn our errors into a clean ``Error: ...`` line and exit code 1."""
+    try:
+        yield
+    except ReliableError as exc:
+        raise CleanError(str(exc)) from None
+
+
+def echo(message: Any = "", err: bool = False, nl: bool = True) -> None:
+    """``click.echo`` of human output: newlines and tabs kept, every other control character escaped."""
+    click.echo(printable(message, multiline=True), err=err, nl=nl)
+
+
+def echo_json(data: Any) -> None:
+    """JSON with ASCII escapes (``\\u001b``): no raw control character reaches the terminal."""
+    click.echo(json.dumps(data, indent=2, default=str, sort_keys=False, ensure_ascii=True))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell; ``None`` shown as ``-``.
+
+    Each cell is one line: newlines and every other control character in it are escaped, so a
+    stored value can neither fake a row nor drive the terminal.
+    """
+    cells = [[("-" if v is None else printable(v)) for v in row] for row in rows]
+    headers = [printable(h) for h in headers]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""The transactional outbox: stage messages in the caller's own SQLAlchemy transaction.
+
+``outbox(session).send(...)`` inserts the message into the pending table in the same
+transaction as the caller's writes. A rollback sends nothing. Right after the commit the
+staged messages are published from the same process (no waiting for a poll); if the process
+dies between commit and send, the relay sends them after ``reliable_outbox_grace`` seconds.
+The pending table must live in the caller's database (``reliable_database_url``).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import Connection, event
+from sqlalchemy.orm import Session
+
+from ..config import get_settings
+from ..store.pending import add_pending, claim
+from .publisher import prepare, with_message
+
+logger = logging.getLogger(__name__)
+
+#: Session -> (app, ids of the rows it staged in its current transaction)
+_staged: weakref.WeakKeyDictionary[Session, tuple[Celery, list[int]]] = weakref.WeakKeyDictionary()
+
+
+class Outbox:
+    """Messages staged in one Session's (or Connection's) transaction."""
+
+    def __init__(self, app: Celery, target: Session | Connection) -> None:
+        self.app = app
+        self.target = target
+        #: pending-row ids staged through this outbox (for :func:`publish_staged` after a
+        #: Connection's commit)
+        self.row_ids: list[int] = []
+
+    def send(self, task: str | Any, args: Any = None, kwargs: Any = None, **options: Any) -> str:
+        """Stage task ``task`` (a name or a task); returns its task id (fixed now, kept on resend).
+
+        Raises:
+            PublishError: bad input (see :func:`celery_reliable.send.publisher.prepare`).
+        """
+        name = task if isinstance(task, str) else task.name
+        values = prepare(self.app, name, args, kwargs, options)
+        grace = get_settings(self.app).outbox_grace
+        ids = add_pending(self.target, [with_message(self.app, values)], source="outbox", delay=grace)
+        self.row_ids.extend(ids)
+        if isinstance(self.target, Session):
+            self._after_commit(self.target, ids)
+        return values.task_id
+
+    def _after_commit(self, session: Session, ids: list[int]) -> None:
+        entry = _staged.get(session)
+        if entry is None or entry[0] is not self.app:
+            entry = _staged[session] = (self.app, [])
+        entry[1].extend(ids)
+        if not event.contains(session, "after_commit", _on_commit):
+            event.listen(session, "after_commit", _on_commit)
+            event.listen(session, "after_soft_rollback", _on_rollback)
+
+
+def _on_commit(session: Session) -> None:
+    entry = _staged.pop(session, None)
+    if entry is not None and entry[1]:
+        publish_staged(entry[0], entry[1])
+
+
+def _on_rollback(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is None:  # the outermost transaction rolled back
+        _staged.pop(session, None)
+
+
+def outbox(target: Session | Connection, app: Celery | None = None) -> Outbox:
+    """The outbox of ``target``'s current transaction.
+
+    With a ``Session`` the messages are published right after its commit. With a ``Connection``
+    call ``publish_staged(app, box.row_ids)`` after the commit, or let the relay send them after
+    ``reliable_outbox_grace`` seconds.
+    """
+    if app is None:
+        from celery._state import get_current_app
+
+        app = get_current_app()
+    return Outbox(app, target)
+
+
+def publish_staged(app: Celery, ids: list[int]) -> int:
+    """Send committed outbox rows now (the post-commit fast path); returns how many were sent.
+
+    Never raises: what is not sent here stays pending and the relay sends it.
+    """
+    from .relay import send_rows
+
+    try:
+        settings = get_settings(app)
+        token, rows = claim(app, limit=len(ids), lease=settings.relay_lease, ids=ids)
+        if not rows:
+            return 0
+        return send_rows(app, token, rows).sent
+    except Exception:
+        logger.warning("Post-commit send of %d outbox message(s) failed; the relay will send them", len(ids),
+                       exc_info=True)  # fmt: skip
+        return 0

@@ -1,0 +1,332 @@
+"""The relay: sends pending messages (outbox rows and failed sends) in batches.
+
+Runs as the beat task ``celery_reliable.relay`` every ``reliable_relay_interval`` seconds (and
+by hand). Rows are leased to one pass under a fencing token, so several relays at once never
+send a row twice within a lease. A pass stops at the first broker failure (the rows it did not
+try go back untouched), so a broker outage costs one failed send per pass, not one per row.
+On Redis a batch is sent in one pipeline whose replies are read one by one (a row is sent
+exactly when Redis took its LPUSH); on RabbitMQ a batch is published on a confirm-mode channel
+and its confirms awaited together (a row is marked sent only once the broker acked it).
+Every row is checked before it is sent (:mod:`.pending_check`, :mod:`.stored_message`): a row
+that is not what ``publish()`` stores becomes ``invalid`` with the reason, and the rest go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from celery import Celery, Task, shared_task
+
+from .. import events
+from ..broker import redis_wire
+from ..broker.redis_wire import Entry
+from ..config import get_settings
+from ..message.tasks import Refused
+from ..store.models import PendingStatus, utcnow
+from ..store.pending import PendingRow, claim_rows, mark_failed, mark_sent, mark_status, release
+from .publisher import get_publisher, is_bad_input, reset_publisher
+from .relay_check import RowChecks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RelayStats:
+    """What one relay pass did."""
+
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    dead: int = 0
+    expired: int = 0
+    invalid: int = 0
+    released: int = 0
+    batches: int = 0
+    broker_down: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: RelayStats) -> None:
+        for key in ("claimed", "sent", "failed", "dead", "expired", "invalid", "released", "batches"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        self.broker_down = self.broker_down or other.broker_down
+        self.errors.extend(other.errors)
+
+
+def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats:
+    """Send claimed rows; mark each sent, expired, invalid, or failed (backed off / dead)."""
+    stats, record = _send(app, token, rows)
+    record()
+    return stats
+
+
+def _send(app: Celery, token: str, rows: Sequence[PendingRow]) -> tuple[RelayStats, Callable[[], None]]:
+    """Send claimed rows; return the stats and what records the outcome in the table.
+
+    ``broker_down`` is known when this returns; the sent/failed counts once ``record`` ran (the
+    relay runs it in its second thread while it sends the next batch).
+    """
+    stats = RelayStats(claimed=len(rows))
+    now = utcnow()
+    publisher = get_publisher(app)
+    direct = publisher.direct_redis()
+    ready: list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]] = []
+    built: list[tuple[PendingRow, Entry]] = []  # Redis: entries written directly
+    expired: list[int] = []
+    invalid: list[tuple[int, str]] = []
+    checks = RowChecks(app, publisher.facts)
+    for row in rows:
+        # Every column is input: whatever is wrong with one row makes that row invalid, never the pass fail.
+        try:
+            checks.columns(row)
+            if row.expires_at is not None and row.expires_at <= now:
+                expired.append(row.id)
+                continue
+            if direct and row.message is not None:
+                built.append((row, checks.stored_entry(row)))
+                continue
+            ready.append((row, *checks.decoded(row)))
+        except Refused as exc:
+            invalid.append((row.id, str(exc)))
+        except Exception as exc:
+            invalid.append((row.id, f"{type(exc).__name__}: {exc}"))
+    stats.expired = mark_status(app, token, expired, PendingStatus.EXPIRED, "expires passed before it was sent")
+    if direct and ready:
+        ready = _build_entries(app, publisher, token, ready, built, invalid)
+    for row_id, error in invalid:
+        _mark_invalid(app, token, row_id, error, stats)
+    if not ready and not built:
+        return stats, _nothing
+    outcome = _Outcome()
+    with publisher.lock:
+        if built:
+            _write_direct(app, publisher, built, outcome)
+        if ready and outcome.broker_down:
+            outcome.untried.extend(row.id for row, *_ in ready)
+        elif ready and publisher.batch_confirms:
+            # Publish the batch on a confirm-mode channel, then wait for the confirms: sent = acked.
+            result = publisher.send_confirmed(
+                [(row.task_name, args, kwargs, row.task_id, options) for row, args, kwargs, options in ready]
+            )
+            outcome.sent += [ready[i][0].id for i in result.sent]
+            outcome.failures += [(ready[i][0].id, error) for i, error in result.failed]
+            outcome.untried += [ready[i][0].id for i in result.untried]
+            if result.broker_down:
+                outcome.broker_down = True
+                reset_publisher(app)
+        elif ready:
+            # Redis through kombu (messages it must route itself), other brokers: one at a time. (kombu's
+            # publish batch runs a pipeline without reading each reply: after an error reply it cannot
+            # tell which messages Redis took, and the relay would send them again.)
+            _send_one_by_one(app, token, publisher, ready, outcome, stats)
+    stats.broker_down = outcome.broker_down
+    return stats, partial(_record, app, token, rows, outcome, stats)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _record(app: Celery, token: str, rows: Sequence[PendingRow], outcome: _Outcome, stats: RelayStats) -> None:
+    """Mark the rows of a sent batch: sent, given back, or failed (backed off / dead)."""
+    settings = get_settings(app)
+    stats.sent = mark_sent(app, token, outcome.sent)
+    if outcome.sent:
+        sent = set(outcome.sent)
+        events.send_resent(app, [row for row in rows if row.id in sent])
+    stats.released = release(app, token, outcome.untried)
+    failures = outcome.failures
+    rescheduled, dead = mark_failed(
+        app, token, failures, max_attempts=settings.relay_max_attempts,
+        base=settings.relay_backoff, cap=settings.relay_backoff_max,
+    )  # fmt: skip
+    stats.failed, stats.dead = rescheduled + dead, dead
+    if failures:
+        stats.errors.append(failures[0][1])
+        logger.warning("Relay: %d message(s) not sent (%s)", len(failures), failures[0][1])
+    if dead:
+        logger.error("Relay: %d pending message(s) failed too often and are marked dead", dead)
+
+
+@dataclass
+class _Outcome:
+    """Row ids of a batch by what became of them."""
+
+    sent: list[int] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    untried: list[int] = field(default_factory=list)
+    broker_down: bool = False
+
+
+def _mark_invalid(app: Celery, token: str, row_id: int, error: str, stats: RelayStats) -> None:
+    """A row that cannot be sent as it is: marked invalid, for a person to fix and resend."""
+    stats.invalid += mark_status(app, token, [row_id], PendingStatus.INVALID, error)
+    logger.error("Pending message %d cannot be sent: %s", row_id, error)
+
+
+def _broker_away(app: Celery, outcome: _Outcome, failed: list[tuple[int, str]], untried: list[int]) -> None:
+    """The broker is away: the sends tried count as failed (backed off), the rest go back untouched."""
+    outcome.failures += failed
+    outcome.untried += untried
+    outcome.broker_down = True
+    reset_publisher(app)
+
+
+def _build_entries(
+    app: Celery,
+    publisher: Any,
+    token: str,
+    ready: list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]],
+    built: list[tuple[PendingRow, Entry]],
+    invalid: list[tuple[int, str]],
+) -> list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]]:
+    """Redis: build the entries of rows stored without one; return the rows kombu must send."""
+    ctx = publisher.context(detached=True)
+    rest = []
+    for item in ready:
+        row, args, kwargs, options = item
+        try:
+            entry = publisher.entry(row.task_name, args, kwargs, row.task_id, options, ctx)
+        except Exception as exc:  # building touches no connection: whatever fails is this row's data
+            invalid.append((row.id, f"{type(exc).__name__}: {exc}"))
+            continue
+        if entry is None:
+            rest.append(item)
+        else:
+            built.append((row, entry))
+    return rest
+
+
+def _write_direct(app: Celery, publisher: Any, built: list[tuple[PendingRow, Entry]], outcome: _Outcome) -> None:
+    """One pipeline of LPUSHes (and WAIT): each row is sent exactly when the LPUSH carrying it
+    succeeded; only the rows Redis refused are charged. A lost connection counts once."""
+    try:
+        written = redis_wire.write_each(
+            publisher, [entry for _, entry in built], publisher.wait_replicas, publisher.wait_timeout
+        )
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        _broker_away(app, outcome, [(built[0][0].id, error)], [row.id for row, _ in built[1:]])
+        return
+    server_refused = False
+    for index, (row, _) in enumerate(built):
+        refused = written.errors.get(index)
+        if refused is not None:
+            outcome.failures.append((row.id, f"{type(refused).__name__}: {refused}"))
+            server_refused = server_refused or not redis_wire.refused_by_key(refused)
+        elif written.not_replicated:
+            # In Redis but not on enough replicas: sent again later (same task ids).
+            outcome.failures.append((row.id, f"NotReplicated: {written.not_replicated}"))
+        else:
+            outcome.sent.append(row.id)
+    if server_refused or written.not_replicated:
+        # Out of memory, a read-only replica, replicas behind: the rest of this pass would fare no better.
+        outcome.broker_down = True
+        if server_refused:
+            reset_publisher(app)
+
+
+def _send_one_by_one(
+    app: Celery,
+    token: str,
+    publisher: Any,
+    ready: list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]],
+    outcome: _Outcome,
+    stats: RelayStats,
+) -> None:
+    """Each row's own send: bad data makes it invalid, a list key Redis refuses charges it alone,
+    anything else is the broker (that row charged, the rest given back untried)."""
+    ctx = publisher.context(detached=True)
+    for index, (row, args, kwargs, options) in enumerate(ready):
+        try:
+            publisher.send(row.task_name, args, kwargs, row.task_id, options, ctx=ctx)
+            outcome.sent.append(row.id)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if is_bad_input(exc):
+                _mark_invalid(app, token, row.id, error, stats)
+                continue
+            if redis_wire.refused_by_key(exc):
+                outcome.failures.append((row.id, error))
+                continue
+            _broker_away(app, outcome, [(row.id, error)], [r.id for r, *_ in ready[index + 1 :]])
+            break
+
+
+def relay_once(
+    app: Celery, *, batch_size: int | None = None, time_limit: float | None = None, max_batches: int | None = None
+) -> RelayStats:
+    """One relay pass: claim and send due rows batch by batch until none are left.
+
+    Stops at the first broker failure, after ``time_limit`` seconds or ``max_batches`` batches.
+    Each batch is claimed above the last id of the one before (rows below it are mostly sent
+    ones, kept for ``reliable_pending_retention``, that a claim would otherwise walk over again);
+    when none are left there, one more claim looks at all due rows, for any that became due
+    below the mark during the pass.
+    """
+    settings = get_settings(app)
+    batch_size = batch_size or settings.relay_batch_size
+    limit = max_batches or 1_000_000
+    deadline = time.monotonic() + (time_limit if time_limit is not None else settings.relay_time_limit)
+    total = RelayStats()
+    after: int | None = None
+    light = get_publisher(app).direct_redis()  # messages built ahead are sent as they are
+
+    def claim(after_id: int | None) -> tuple[str, list[Any]]:
+        return claim_rows(app, limit=batch_size, lease=settings.relay_lease, after_id=after_id, light=light)
+
+    # While a full batch is sent, the next one is claimed in a second thread: the database works
+    # on the claim while this process builds and sends (the two overlap on separate CPUs).
+    recorded: list[tuple[RelayStats, Future[None]]] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="celery_reliable-claim") as pool:
+        ahead: Future[tuple[str, list[Any]]] | None = None
+        for _ in range(2 * limit + 1):
+            if total.batches >= limit or time.monotonic() >= deadline:
+                break
+            if ahead is not None:
+                token, rows = ahead.result()
+                ahead = None
+            else:
+                token, rows = claim(after)
+            if not rows:
+                if after is None:
+                    break
+                after = None
+                continue
+            # a short batch took all there was above the mark: the next claim looks at everything
+            after = max(row.id for row in rows) if len(rows) >= batch_size else None
+            if after is not None and total.batches + 1 < limit:
+                ahead = pool.submit(claim, after)
+            stats, record = _send(app, token, rows)
+            # recorded in the second thread (in order, before the claim after next)
+            recorded.append((stats, pool.submit(record)))
+            total.batches += 1
+            if stats.broker_down:
+                break
+        if ahead is not None:  # claimed but not sent: give the rows back for the next pass
+            try:
+                token, rows = ahead.result()
+                total.released += release(app, token, [row.id for row in rows])
+            except Exception as exc:  # their lease runs out instead
+                logger.warning("Relay: could not give back a batch claimed ahead: %r", exc)
+        for stats, done in recorded:
+            done.result()  # a database error marking rows raises here, as it did inline
+            total.add(stats)
+    if total.claimed:
+        logger.info(
+            "Relay pass: %d claimed, %d sent, %d failed, %d dead, %d expired, %d invalid",
+            total.claimed, total.sent, total.failed, total.dead, total.expired, total.invalid,
+        )  # fmt: skip
+    return total
+
+
+@shared_task(name="celery_reliable.relay", bind=True, ignore_result=True)
+def relay(self: Task) -> dict[str, int]:  # type: ignore[type-arg]
+    """Send pending messages (scheduled by beat every ``reliable_relay_interval`` seconds)."""
+    stats = relay_once(self.app)
+    return {"claimed": stats.claimed, "sent": stats.sent, "failed": stats.failed}

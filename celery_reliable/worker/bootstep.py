@@ -1,0 +1,43 @@
+"""Worker-side set-up that has to wait for the command line to be parsed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps
+
+from ..config import get_settings
+
+logger = logging.getLogger(__name__)
+
+#: Celery's default prefetch multiplier (also what ``celery worker`` passes when not told).
+DEFAULT_PREFETCH = 4
+
+
+class ReliableWorkerStep(bootsteps.StartStopStep):
+    """Prefetch multiplier 1 for ``celery worker``, and a start-up line saying what is in force.
+
+    ``celery worker`` reads ``--prefetch-multiplier``'s default from the configuration before
+    the app (and so ReliableTask) is set up; this step runs after that, before the consumer
+    is built.
+    """
+
+    name = "celery_reliable.worker"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        settings = get_settings(worker.app)
+        self.changed_prefetch = False
+        if settings.apply_transport_defaults and worker.prefetch_multiplier == DEFAULT_PREFETCH:
+            worker.prefetch_multiplier = 1
+            self.changed_prefetch = True
+        super().__init__(worker, **kwargs)
+
+    def start(self, worker: Any) -> None:
+        options = worker.app.conf.broker_transport_options or {}
+        logger.info(
+            "celery_reliable: prefetch multiplier %s%s, visibility timeout %s",
+            worker.prefetch_multiplier,
+            " (set by celery_reliable)" if self.changed_prefetch else "",
+            options.get("visibility_timeout", "broker default"),
+        )

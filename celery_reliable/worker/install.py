@@ -1,0 +1,266 @@
+"""Switch celery_reliable on for an app: validate settings, apply broker defaults, connect hooks.
+
+Called from ``ReliableTask.on_bound`` (so nothing is needed beyond using the task class) and
+safe to call again: the work is done once per app.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+from celery import Celery, signals
+
+from ..broker.versions import kombu_fetch_mismatch
+from ..config import ReliableSettings, get_settings
+from .retry import VISIBILITY_MARGIN
+
+logger = logging.getLogger(__name__)
+
+#: The consumer Celery uses unless told otherwise; replaced by ours only when left at this value.
+DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"
+RELIABLE_CONSUMER = "celery_reliable.worker.consumer:ReliableConsumer"
+#: Celery's default prefetch multiplier; with late ack, 1 keeps fewer messages held per worker.
+DEFAULT_PREFETCH = 4
+#: RabbitMQ's default ``consumer_timeout`` (30 min): an unacked delivery held longer is requeued.
+AMQP_CONSUMER_TIMEOUT = 1800.0
+#: Shortest expiry of kombu's restore-sweep lock (``unacked_mutex_expire``) that we set, seconds.
+MIN_SWEEP_LOCK = 5.0
+#: Added to the longest hard time limit when raising the visibility timeout above it.
+TIME_LIMIT_MARGIN = 60.0
+
+REDIS_SCHEMES = ("redis", "rediss", "sentinel", "socket")
+#: The worker's consuming transport when ``reliable_redis_atomic_fetch`` is on (redis_fetch.py), by
+#: broker URL scheme.
+ATOMIC_FETCH_TRANSPORTS = {
+    "redis": "celery_reliable.broker.redis_fetch:Transport",
+    "rediss": "celery_reliable.broker.redis_fetch:Transport",
+    "sentinel": "celery_reliable.broker.redis_fetch:SentinelTransport",
+}
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+
+_installed: weakref.WeakSet[Celery] = weakref.WeakSet()
+#: apps whose visibility timeout we chose (the user did not set one)
+_owns_visibility: weakref.WeakSet[Celery] = weakref.WeakSet()
+
+
+def broker_scheme(app: Celery) -> str:
+    """The transport name of the app's broker (``redis``, ``amqp``, ``memory``...)."""
+    transport = app.conf.broker_transport
+    if transport in ATOMIC_FETCH_TRANSPORTS.values():
+        return "sentinel" if "Sentinel" in str(transport) else "redis"
+    if transport:
+        return str(transport).split(":")[0].split("+")[0].lower()
+    raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
+    if isinstance(raw, list | tuple):
+        raw = raw[0] if raw else ""
+    url = str(raw).split(";")[0]
+    return url.split("://", 1)[0].split("+")[0].lower() if "://" in url else "amqp"
+
+
+def install(app: Celery) -> ReliableSettings:
+    """Validate the settings of ``app`` and switch its reliability hooks on (idempotent)."""
+    settings = get_settings(app)
+    if app in _installed:
+        return settings
+    _installed.add(app)
+    if settings.apply_transport_defaults:
+        _apply_transport_defaults(app, settings)
+    wants_consumer = settings.store_unknown_messages or settings.redis_atomic_fetch
+    if wants_consumer and app.conf.worker_consumer == DEFAULT_CONSUMER:
+        app.conf.worker_consumer = RELIABLE_CONSUMER
+    _schedule_cleanup(app, settings)
+    from .bootstep import ReliableWorkerStep
+
+    app.steps["worker"].add(ReliableWorkerStep)
+    from .sweep import RestoreSweep
+
+    app.steps["consumer"].add(RestoreSweep)
+    _connect_receivers()
+    return settings
+
+
+def _apply_transport_defaults(app: Celery, settings: ReliableSettings) -> None:
+    scheme = broker_scheme(app)
+    if scheme in REDIS_SCHEMES:
+        options: dict[str, Any] = dict(app.conf.broker_transport_options or {})
+        if "visibility_timeout" not in options:
+            options["visibility_timeout"] = settings.visibility_timeout
+            _owns_visibility.add(app)
+        options.setdefault("unacked_restore_interval", settings.restore_interval)
+        options.setdefault("unacked_restore_throttle", 1)
+        # kombu's restore sweep holds a Redis lock; a worker killed during its sweep keeps it, and
+        # with it every sweep, for kombu's 300 s. Restores are transactions, so a shorter lock
+        # only risks two sweeps at once, never a message restored twice.
+        options.setdefault("unacked_mutex_expire", max(2 * settings.restore_interval, MIN_SWEEP_LOCK))
+        options.setdefault("socket_connect_timeout", 10)
+        app.conf.broker_transport_options = options
+        if app.conf.worker_prefetch_multiplier == DEFAULT_PREFETCH:
+            app.conf.worker_prefetch_multiplier = 1
+    elif scheme in AMQP_SCHEMES:
+        if app.conf.worker_prefetch_multiplier == DEFAULT_PREFETCH:
+            app.conf.worker_prefetch_multiplier = 1
+
+
+def fit_visibility_timeout(app: Celery, time_limit: float | None) -> None:
+    """Raise the visibility timeout we chose above a task's hard time limit.
+
+    A task still running when its message becomes visible again runs twice; a task killed at
+    its time limit cannot run longer than that, so this keeps long tasks single.
+    """
+    if app not in _owns_visibility or not time_limit:
+        return
+    options = dict(app.conf.broker_transport_options or {})
+    needed = float(time_limit) + TIME_LIMIT_MARGIN
+    if float(options.get("visibility_timeout", 0)) < needed:
+        options["visibility_timeout"] = needed
+        app.conf.broker_transport_options = options
+
+
+def atomic_fetch(app: Celery) -> str | None:
+    """The transport the app's workers consume Redis with (:mod:`celery_reliable.broker.redis_fetch`),
+    or None when they fetch the way kombu does."""
+    if atomic_fetch_off(app) is not None:
+        return None
+    return ATOMIC_FETCH_TRANSPORTS[_url_schemes(app).pop()]
+
+
+def _url_schemes(app: Celery) -> set[str]:
+    raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
+    urls = [str(url).strip() for url in (raw if isinstance(raw, list | tuple) else str(raw).split(";"))]
+    return {url.split("://", 1)[0].lower() if "://" in url else "" for url in urls if url}
+
+
+def atomic_fetch_off(app: Celery) -> str | None:
+    """Why the app's workers do not fetch atomically from Redis, or None when they do.
+
+    Only for ``redis://``, ``rediss://`` and ``sentinel://`` broker URLs on kombu's own Redis
+    transports (not Unix sockets or a transport chosen with ``broker_transport``), and only
+    through the celery_reliable consumer.
+    """
+    if app not in _installed:
+        return "celery_reliable is not installed on this app (no ReliableTask)"
+    if not get_settings(app).redis_atomic_fetch:
+        return "reliable_redis_atomic_fetch is False"
+    mismatch = kombu_fetch_mismatch()
+    if mismatch is not None:
+        return mismatch
+    if app.conf.broker_transport not in (None, "", *ATOMIC_FETCH_TRANSPORTS, *ATOMIC_FETCH_TRANSPORTS.values()):
+        return f"broker_transport is {app.conf.broker_transport!r}"
+    if not _is_reliable_consumer(app.conf.worker_consumer):
+        return f"worker_consumer {app.conf.worker_consumer!r} is not celery_reliable's ReliableConsumer"
+    schemes = _url_schemes(app)
+    if len({ATOMIC_FETCH_TRANSPORTS.get(scheme) for scheme in schemes} - {None}) != 1 or not schemes <= set(
+        ATOMIC_FETCH_TRANSPORTS
+    ):
+        shown = ", ".join(f"{scheme or '?'}://" for scheme in sorted(schemes)) or "no URL"
+        return f"only redis://, rediss:// or sentinel:// broker URLs are supported (not mixed), not {shown}"
+    return None
+
+
+def _is_reliable_consumer(consumer: Any) -> bool:
+    """A user's own consumer built on ours keeps the atomic fetch."""
+    from .consumer import ReliableConsumer
+
+    if isinstance(consumer, str):
+        try:
+            from kombu.utils.imports import symbol_by_name
+
+            consumer = symbol_by_name(consumer)
+        except Exception:
+            return False
+    return isinstance(consumer, type) and issubclass(consumer, ReliableConsumer)
+
+
+def visibility_timeout(app: Celery) -> float | None:
+    """Seconds after which the broker redelivers an unacknowledged message, if it does."""
+    scheme = broker_scheme(app)
+    if scheme in REDIS_SCHEMES:
+        options = app.conf.broker_transport_options or {}
+        return float(options.get("visibility_timeout", 3600))
+    if scheme in AMQP_SCHEMES:
+        return AMQP_CONSUMER_TIMEOUT
+    return None
+
+
+def retry_ceiling(app: Celery) -> float | None:
+    """Longest retry delay that stays below the redelivery timeout (a margin kept)."""
+    timeout = visibility_timeout(app)
+    if timeout is None:
+        return None
+    return max(timeout - VISIBILITY_MARGIN, timeout / 2)
+
+
+def _schedule_cleanup(app: Celery, settings: ReliableSettings) -> None:
+    if settings.cleanup_interval is not None:
+        app.add_periodic_task(
+            settings.cleanup_interval,
+            app.signature("celery_reliable.cleanup"),
+            name="celery_reliable.cleanup",
+            expires=settings.cleanup_interval,
+        )
+    if settings.relay_interval is not None:
+        # A run still queued when the next is due is dropped (expires): relay runs never pile up
+        # behind a broker or database outage.
+        app.add_periodic_task(
+            settings.relay_interval,
+            app.signature("celery_reliable.relay"),
+            name="celery_reliable.relay",
+            expires=settings.relay_interval,
+        )
+
+
+_receivers_connected = False
+
+
+def _connect_receivers() -> None:
+    global _receivers_connected
+    if _receivers_connected:
+        return
+    _receivers_connected = True
+    signals.worker_process_init.connect(_after_fork, weak=False)
+    signals.worker_ready.connect(_check_schema, weak=False)
+
+
+def _check_schema(sender: Any = None, **_: Any) -> None:
+    """Say loudly at worker start if failures could not be stored (database down or not migrated)."""
+    app = getattr(sender, "app", None)
+    if app is None or app not in _installed:
+        return
+    from ..exceptions import StoreError
+    from ..store.engine import safe_url
+    from ..store.migrate import current_revision, head_revision
+
+    url = safe_url(get_settings(app).database_url)
+    try:
+        revision = current_revision(app)
+    except StoreError as exc:
+        logger.error(
+            "celery_reliable: database %s is not reachable (%s); final failures will stay with the broker until it is",
+            url,
+            exc,
+        )
+        return
+    if revision != head_revision():
+        logger.error(
+            "celery_reliable: tables in %s are at revision %s, expected %s; final failures will stay with "
+            "the broker until you run: celery -A %s reliable db upgrade",
+            url,
+            revision or "none",
+            head_revision(),
+            app.main or "proj",
+        )
+
+
+def _after_fork(**_: Any) -> None:
+    """Each pool process opens its own database connections."""
+    from ..store.engine import reset_after_fork
+
+    for app in list(_installed):
+        reset_after_fork(app)
+
+
+def installed(app: Celery) -> bool:
+    """True once :func:`install` ran for ``app``."""
+    return app in _installed
