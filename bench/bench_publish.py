@@ -115,7 +115,9 @@ def pct(values: list[float], q: float) -> float:
 
 def pending_rows(app: Celery, start: int, count: int, *, status: str = "pending") -> list[dict[str, Any]]:
     """``count`` rows as ``publish()`` would store them (``prepare`` of the same messages)."""
-    from celery_reliable.send.publisher import get_publisher, prepare, with_message
+    from celery_reliable.message.prepare import prepare
+    from celery_reliable.send.publish import with_message
+    from celery_reliable.send.publisher import get_publisher
     from celery_reliable.store.models import utcnow
 
     now = utcnow()
@@ -455,7 +457,7 @@ class Bench:
     # -- 4: outbox latency ------------------------------------------------------------------------
 
     def outbox_section(self) -> None:
-        from celery_reliable.send import outbox
+        from celery_reliable import outbox
 
         args = self.args
         transport = {"global_keyprefix": self.redis.prefix}

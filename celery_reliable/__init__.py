@@ -23,7 +23,7 @@ from .ops.status import Summary, summary
 from .ops.verify import VerifyOptions, VerifyReport, VerifySetupError, run_verify
 from .send import relay as _relay  # registers celery_reliable.relay on every app
 from .send.outbox import Outbox, outbox, publish_staged
-from .send.publisher import PublishResult, publish
+from .send.publish import PublishResult, publish
 from .send.relay import RelayStats, relay_once
 from .send.replay import ReplayResult, replay, replay_many
 from .store import cleanup as _maintenance  # registers celery_reliable.cleanup on every app

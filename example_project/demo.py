@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(redis: DurableRedis, worker: Worker, workdir: Path) -> int:
     import redis as redis_client
 
-    from celery_reliable import FailureFilter, list_failures, list_pending, publish, relay_once, upgrade
-    from celery_reliable.send import replay
+    from celery_reliable import FailureFilter, list_failures, list_pending, publish, relay_once, replay, upgrade
     from celery_reliable.store.engine import get_engine, get_sessionmaker
     from celery_reliable.store.models import FailedTask, PendingMessage, PendingStatus
     from example_project.app import app, charge_payment

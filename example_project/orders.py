@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from sqlalchemy.orm import Session
 
-from celery_reliable.send import outbox
+from celery_reliable import outbox
 from example_project.models import Order
 
 

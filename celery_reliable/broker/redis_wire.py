@@ -30,7 +30,8 @@ from kombu.utils.json import dumps as json_dumps
 from redis.exceptions import ResponseError
 
 if TYPE_CHECKING:
-    from ..send.publisher import Built, Publisher
+    from ..send.build import Built
+    from ..send.publisher import Publisher
 
 #: What kombu's Redis transport adds to every message; the entry text ends with these braces.
 _TAIL = "}}"

@@ -18,8 +18,9 @@ from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
 
 from ..config import get_settings
+from ..message.prepare import prepare
 from ..store.pending import add_pending, claim
-from .publisher import prepare, with_message
+from .publish import with_message
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from celery import Celery
 
 from ..config import get_settings
 from ..exceptions import NotJSONArgumentsError
-from .publisher import ALLOWED_OPTIONS, PublishResult, publish
+from ..message.prepare import ALLOWED_OPTIONS
+from .publish import PublishResult, publish
 
 logger = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from celery import Celery
 from ..broker.redis_stored import verified_entry
 from ..broker.redis_wire import Entry, Facts
 from ..exceptions import BadMessageError
+from ..message.prepare import check_delivery_options, decoded, send_options
 from ..message.tasks import Refused, arguments_misfit, check_signatures, checked_task, is_known_task, short
 from ..store.models import UnreadableTime
 from ..store.payload import unreadable
-from .publisher import check_delivery_options, decoded, send_options
 
 #: Looked up once per task name in a batch, not per row.
 _UNSET: Any = object()

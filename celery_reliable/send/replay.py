@@ -21,12 +21,12 @@ from celery.canvas import Signature
 
 from .. import events
 from ..exceptions import BadMessageError, ReplayError
+from ..message.prepare import check_delivery_options
 from ..message.protocol import protocol_clash
 from ..message.tasks import Refused, argument_error, check_signatures, is_replayable_task, short
 from ..store.failures import FailureFilter, claim_for_replay, finish_replay, get_failure, list_failures
 from ..store.models import FailedTask, FailureStatus
 from ..store.payload import NotJSONError, from_stored, is_replayable, to_stored, unreadable
-from .publisher import check_delivery_options
 
 logger = logging.getLogger(__name__)
 

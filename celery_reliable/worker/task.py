@@ -17,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..exceptions import StoreError
+from ..send.publish import PublishResult, publish
 from ..send.publish_all import celery_path, maybe_publish
-from ..send.publisher import PublishResult, publish
 from ..store.processed import is_processed, mark_processed, mark_processed_in
 from . import arguments, record
 from .failure_store import store

@@ -42,7 +42,7 @@ def produce(plan: dict[str, Any]) -> None:
     for index, (key, task, args) in enumerate(plan["messages"]):
         dying = index == kill_at
         if mode == "outbox":
-            from celery_reliable.send import outbox
+            from celery_reliable import outbox
 
             with Session(db) as session:
                 if dying:  # registered first, so it runs before the outbox's post-commit send

@@ -22,8 +22,7 @@ from celery import Celery
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from celery_reliable import BadMessageError, ReliableCelery, ReplayError, publish, relay_once
-from celery_reliable.send import outbox, replay
+from celery_reliable import BadMessageError, ReliableCelery, ReplayError, outbox, publish, relay_once, replay
 from celery_reliable.send.publisher import reset_publisher
 from celery_reliable.store.engine import dispose
 from tests.conftest import REDIS_URL, unique_queue

@@ -22,8 +22,7 @@ from sqlalchemy import create_engine, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from celery_reliable import PublishError, publish_staged, relay_once
-from celery_reliable.send import outbox
+from celery_reliable import PublishError, outbox, publish_staged, relay_once
 from celery_reliable.store.models import PendingMessage
 from tests.apps.effects import Attempt
 from tests.conftest import Scenario, make_scenario

@@ -10,7 +10,7 @@ from celery import Celery
 from sqlalchemy import update
 
 from celery_reliable import upgrade
-from celery_reliable.send.publisher import prepare
+from celery_reliable.message.prepare import prepare
 from celery_reliable.store.engine import dispose
 from celery_reliable.store.models import PendingMessage, PendingStatus
 from celery_reliable.store.pending import (

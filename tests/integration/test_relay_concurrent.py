@@ -14,7 +14,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import create_engine, insert
 
-from celery_reliable.send.publisher import prepare
+from celery_reliable.message.prepare import prepare
 from celery_reliable.store.models import PendingMessage, utcnow
 from tests.harness import ROOT
 from tests.integration import test_publish

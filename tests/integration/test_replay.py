@@ -7,8 +7,7 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 
-from celery_reliable import FailureFilter, ReplayError, replay_many
-from celery_reliable.send import replay
+from celery_reliable import FailureFilter, ReplayError, replay, replay_many
 from celery_reliable.store.engine import dispose
 from celery_reliable.store.failures import get_failure
 from tests.conftest import Scenario

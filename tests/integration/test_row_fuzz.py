@@ -34,7 +34,10 @@ from celery import Celery
 from sqlalchemy import create_engine, text
 
 from celery_reliable import FailureFilter, ReplayError, ReplayResult, relay_once, replay_many, upgrade
-from celery_reliable.send.publisher import PROTOCOL_HEADERS, prepare, reset_publisher, with_message
+from celery_reliable.message.prepare import prepare
+from celery_reliable.message.protocol import PROTOCOL_HEADERS
+from celery_reliable.send.publish import with_message
+from celery_reliable.send.publisher import reset_publisher
 from celery_reliable.store.engine import dispose
 from tests.harness import RedisServer
 

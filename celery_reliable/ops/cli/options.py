@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 from celery import Celery
 
-from ...send.publisher import user_tasks
+from ...message.tasks import user_tasks
 from ...store.models import utcnow
 
 F = TypeVar("F", bound=Callable[..., Any])

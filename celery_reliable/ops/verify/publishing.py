@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ...config import get_settings
 from ...exceptions import ReliableError
 from ...send.outbox import outbox
-from ...send.publisher import publish
+from ...send.publish import publish
 from ...send.relay import send_rows
 from ...store.engine import get_engine, get_sessionmaker
 from ...store.pending import claim

@@ -1,0 +1,87 @@
+"""RabbitMQ publisher confirms for a channel that publishes a batch without waiting per message.
+
+A confirm-mode channel numbers its messages 1, 2, ...; the broker acks or nacks them by number,
+``multiple`` covering every number up to the one named, and returns a ``mandatory`` message no
+queue took. :class:`Confirms` keeps the outcome of each message of a batch, so the caller can say
+exactly which were taken (acked, not returned), refused, or not answered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Confirms:
+    """Publisher confirms of one confirm-mode channel that publishes without waiting.
+
+    RabbitMQ numbers the messages of a confirm-mode channel 1, 2, ...; acks and nacks name a
+    delivery tag, ``multiple`` covering every tag up to it.
+    """
+
+    def __init__(self) -> None:
+        self.published = 0  # tags handed out so far on this channel
+        self.first = 1  # first tag of the current batch
+        self.results: list[bool | None] = []  # per tag of the batch: acked, nacked, unknown
+        self.low = 0  # index of the first unresolved tag of the batch
+        self.open = 0  # tags of the batch without an answer
+        self.returned: dict[str, str] = {}  # task id -> why RabbitMQ returned it (unroutable)
+
+    def start(self) -> None:
+        self.first = self.published + 1
+        self.results = []
+        self.low = 0
+        self.open = 0
+        self.returned = {}
+
+    def on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        """basic.return of a mandatory message: RabbitMQ acks it too, but no queue has it."""
+        properties = getattr(message, "properties", None) or {}
+        task_id = str(properties.get("correlation_id") or "")
+        self.returned[task_id] = f"Unroutable: {exc} (exchange {exchange!r}, routing key {routing_key!r})"
+
+    def published_one(self) -> None:
+        self.published += 1
+        self.results.append(None)
+        self.open += 1
+
+    def _resolve(self, tag: int, multiple: bool, acked: bool) -> None:
+        index = tag - self.first
+        if index >= len(self.results):
+            index = len(self.results) - 1
+        if multiple:
+            for i in range(self.low, index + 1):
+                if self.results[i] is None:
+                    self.results[i] = acked
+                    self.open -= 1
+        elif 0 <= index and self.results[index] is None:
+            self.results[index] = acked
+            self.open -= 1
+        while self.low < len(self.results) and self.results[self.low] is not None:
+            self.low += 1
+
+    def on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._resolve(delivery_tag, multiple, True)
+
+    def on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self._resolve(delivery_tag, multiple, False)
+
+    def confirmed(self, start: int, end: int) -> bool | None:
+        """Outcome of the tags ``start..end`` (batch indexes, end exclusive): all acked, some nacked, or not known."""
+        outcome: bool | None = True
+        for result in self.results[start:end]:
+            if result is False:
+                return False
+            if result is None:
+                outcome = None
+        return outcome
+
+
+@dataclass
+class BatchOutcome:
+    """What became of each message of a batch (indexes into the batch)."""
+
+    sent: list[int] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    untried: list[int] = field(default_factory=list)
+    broker_down: bool = False
