@@ -8,7 +8,6 @@ exactly which were taken (acked, not returned), refused, or not answered.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -77,11 +76,23 @@ class Confirms:
         return outcome
 
 
-@dataclass
-class BatchOutcome:
-    """What became of each message of a batch (indexes into the batch)."""
+def confirm_channel(connection: Any) -> tuple[Any, Confirms]:
+    """A new channel of ``connection`` (py-amqp) in confirm mode that publishes without waiting
+    for each confirm, and the :class:`Confirms` that records them as they arrive."""
+    channel: Any = connection.channel()
+    channel.confirm_select()
+    channel._confirm_selected = True
+    confirms = Confirms()
+    publish = channel._basic_publish
 
-    sent: list[int] = field(default_factory=list)
-    failed: list[tuple[int, str]] = field(default_factory=list)
-    untried: list[int] = field(default_factory=list)
-    broker_down: bool = False
+    def publish_no_wait(*args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("confirm_timeout", None)
+        result = publish(*args, **kwargs)
+        confirms.published_one()
+        return result
+
+    channel.basic_publish = publish_no_wait
+    channel.events["basic_ack"].add(confirms.on_ack)
+    channel.events["basic_nack"].add(confirms.on_nack)
+    channel.events["basic_return"].add(confirms.on_return)
+    return channel, confirms

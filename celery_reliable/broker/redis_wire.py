@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from bisect import bisect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from celery import Celery, signals
 from kombu import Queue
@@ -28,10 +28,6 @@ from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.virtual.base import Base64
 from kombu.utils.json import dumps as json_dumps
 from redis.exceptions import ResponseError
-
-if TYPE_CHECKING:
-    from ..send.build import Built
-    from ..send.publisher import Publisher
 
 #: What kombu's Redis transport adds to every message; the entry text ends with these braces.
 _TAIL = "}}"
@@ -102,23 +98,27 @@ def signals_connected() -> bool:
     return bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
 
 
-def usable(publisher: Publisher) -> bool:
-    """Whether messages of ``publisher`` may be written directly (a Redis broker, stock Celery 5.7)."""
-    if publisher.scheme not in ("redis", "rediss") or not publisher.fast:
+def usable(app: Celery, scheme: str, facts: Facts) -> bool:
+    """Whether an app's messages may be written directly: a ``redis://`` or ``rediss://`` broker, no
+    compression, no ``task-sent`` events (kombu's path sends them), kombu's base64 bodies."""
+    if scheme not in ("redis", "rediss"):
         return False
-    conf = publisher.app.conf
-    return not conf.task_compression and not conf.task_send_sent_event and publisher.facts.body_encoding == "base64"
+    conf = app.conf
+    return not conf.task_compression and not conf.task_send_sent_event and facts.body_encoding == "base64"
 
 
-def entry_of(publisher: Publisher, name: str, built: Built) -> tuple[Entry, Queue | None] | None:
-    """The Redis entry of a built message and the queue to declare, or None: kombu must send it.
+def entry_of(
+    app: Celery, facts: Facts, message: Any, options: dict[str, Any]
+) -> tuple[Entry, Queue | None] | None:
+    """The Redis entry of a built task message and the queue to declare, or None: kombu must send it.
 
-    Mirrors Celery 5.7's ``send_task_message`` and kombu's ``Producer.publish`` / Redis ``_put``
-    for a message to a direct exchange.
+    ``message`` is Celery's ``task_message`` (headers, properties, body, sent_event) and
+    ``options`` what ``send_task`` passes on to ``send_task_message``. Mirrors Celery's
+    ``send_task_message`` and kombu's ``Producer.publish`` / Redis ``_put`` for a message to a
+    direct exchange.
     """
-    app = publisher.app
-    headers, properties, body, _sent_event = built.message
-    opts = dict(built.opts)
+    headers, properties, body, _sent_event = message
+    opts = dict(options)
     user_headers = opts.pop("headers", None)
     queue: Any = opts.pop("queue", None)
     exchange = opts.pop("exchange", None)
@@ -166,7 +166,6 @@ def entry_of(publisher: Publisher, name: str, built: Built) -> tuple[Entry, Queu
     if expiration is not None:
         properties["expiration"] = str(int(expiration * 1000))
     properties["delivery_mode"] = maybe_delivery_mode(delivery_mode)
-    facts = publisher.facts
     properties.setdefault("delivery_info", {})
     properties.setdefault("priority", priority or facts.default_priority)
     encoded = Base64().encode(payload)
@@ -203,18 +202,20 @@ class Written:
             raise NotReplicated(self.not_replicated)
 
 
-def write(publisher: Publisher, entries: list[Entry], wait_replicas: int, wait_timeout: float) -> None:
+def write(channel: Any, entries: list[Entry], wait_replicas: int, wait_timeout: float) -> None:
     """LPUSH the entries in one pipeline (and ``WAIT`` for replicas); raises if Redis did not take them all.
 
     A connection error means none of them is known to be in Redis; an error reply is Redis's
     (an entry it refused); :class:`NotReplicated` means they are on the primary but not on
     enough replicas. See :func:`write_each` for what became of each entry.
     """
-    write_each(publisher, entries, wait_replicas, wait_timeout).check()
+    write_each(channel, entries, wait_replicas, wait_timeout).check()
 
 
-def write_each(publisher: Publisher, entries: list[Entry], wait_replicas: int, wait_timeout: float) -> Written:
+def write_each(channel: Any, entries: list[Entry], wait_replicas: int, wait_timeout: float) -> Written:
     """LPUSH the entries in one pipeline (and ``WAIT``); return Redis's answer for each entry.
+
+    ``channel``: a kombu Redis channel (its connection pool is used, as kombu's own publish does).
 
     Redis runs every command of a pipeline even when one fails (a list key holding another type,
     out of memory, a read-only replica): each command's reply is read, so an entry counts as
@@ -233,7 +234,6 @@ def write_each(publisher: Publisher, entries: list[Entry], wait_replicas: int, w
     for index, entry in enumerate(entries):
         by_key.setdefault(entry.key, []).append(index)
     commands: list[list[int]] = []  # per LPUSH: the indexes of the entries it carries
-    channel = publisher.producer.channel
     with channel.conn_or_acquire() as client:
         pipe = client.pipeline(transaction=False)
         for key, indexes in by_key.items():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import weakref
 from typing import Any
 
@@ -23,7 +22,7 @@ from kombu.common import Broadcast
 from kombu.exceptions import EncodeError
 
 from ..broker import redis_wire
-from ..broker.amqp_confirms import BatchOutcome, Confirms
+from ..broker.amqp_confirms import Confirms, confirm_channel
 from ..broker.versions import SEND_TASK_APPLIES_TASK_OPTIONS
 from ..config import get_settings
 from ..worker.install import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme
@@ -101,20 +100,20 @@ class Publisher:
         built = None
         if producer is self.producer and self.direct_redis():
             built = self.build(name, args, kwargs, task_id, options, ctx)
-            found = None if built is None else redis_wire.entry_of(self, name, built)
+            found = None if built is None else redis_wire.entry_of(self.app, self.facts, built.message, built.opts)
             if built is not None and found is not None:
                 entry, queue = found
                 with producer.connection._reraise_as_library_errors():
                     self.declare_once(queue)
                     if not built.ignore_result:
                         ctx.on_task_call(producer, task_id)
-                    redis_wire.write(self, [entry], self.wait_replicas, self.wait_timeout)
+                    redis_wire.write(self.producer.channel, [entry], self.wait_replicas, self.wait_timeout)
                 self._add_trail(ctx, task_id, built.ignore_result)
                 return
         self._send_kombu(name, args, kwargs, task_id, options, producer, ctx, built)
         if self.wait_replicas and self.scheme in REDIS_SCHEMES:
             # kombu wrote on the pool's one connection of this (locked) publisher: WAIT there
-            redis_wire.write(self, [], self.wait_replicas, self.wait_timeout)
+            redis_wire.write(self.producer.channel, [], self.wait_replicas, self.wait_timeout)
 
     def _send_kombu(
         self,
@@ -159,13 +158,13 @@ class Publisher:
         if not self.direct_redis():
             return None
         built = self.build(name, args, kwargs, task_id, options, ctx)
-        found = None if built is None else redis_wire.entry_of(self, name, built)
+        found = None if built is None else redis_wire.entry_of(self.app, self.facts, built.message, built.opts)
         return None if found is None else found[0]
 
     def direct_redis(self) -> bool:
         """Whether messages may be written to Redis directly (see :mod:`celery_reliable.broker.redis_wire`)."""
         if self._direct is None:
-            self._direct = redis_wire.usable(self)
+            self._direct = self.fast and redis_wire.usable(self.app, self.scheme, self.facts)
         return self._direct and not redis_wire.signals_connected()
 
     def declare_once(self, queue: Queue | None) -> None:
@@ -202,82 +201,10 @@ class Publisher:
         """Whether :meth:`send_confirmed` can be used: RabbitMQ through py-amqp (not librabbitmq)."""
         return self.scheme in AMQP_SCHEMES and self.connection.transport.driver_name == "py-amqp"
 
-    def send_confirmed(self, messages: list[tuple[str, Any, Any, str, dict[str, Any]]]) -> BatchOutcome:
-        """RabbitMQ: publish a batch on a confirm-mode channel, then wait for every confirm.
-
-        A message counts as sent only when the broker acked it. Messages published but not acked
-        (nack, timeout, lost connection) fail; after a broker error the rest are not tried. The
-        whole wait is bounded by ``reliable_publish_timeout``.
-        """
-        outcome = BatchOutcome()
-        spans: list[tuple[int, int, int]] = []  # (message index, first tag, end tag) as batch indexes
-        current: int | None = 0  # the message being published when an error struck (connecting: the first)
-        error = ""
-        try:
-            producer = self._confirm_producer()
-            confirms = self.confirms
-            confirms.start()
-            ctx = self.context()
-            for index, (name, args, kwargs, task_id, options) in enumerate(messages):
-                current = index
-                before = len(confirms.results)
-                try:
-                    self.send(name, args, kwargs, task_id, options, producer=producer, ctx=ctx)
-                except Exception as exc:
-                    if is_bad_input(exc) and len(confirms.results) == before:
-                        outcome.failed.append((index, f"{type(exc).__name__}: {exc}"))
-                        continue
-                    raise
-                spans.append((index, before, len(confirms.results)))
-            current = None
-            deadline = time.monotonic() + self.timeout
-            for _ in range(1_000_000):
-                if not confirms.open:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no publisher confirm within {self.timeout:g}s")
-                self.connection.drain_events(timeout=remaining)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            outcome.broker_down = True
-            if current is not None:
-                outcome.failed.append((current, error))
-                outcome.untried = list(range(current + 1, len(messages)))
-        for index, start, end in spans:
-            result = self.confirms.confirmed(start, end)
-            returned = self.confirms.returned.get(messages[index][3])
-            if returned:
-                outcome.failed.append((index, returned))
-                outcome.broker_down = True  # declared queues are gone: a new connection declares them again
-            elif result:
-                outcome.sent.append(index)
-            elif result is False:
-                outcome.failed.append((index, "MessageNacked: the broker refused the message"))
-                outcome.broker_down = True
-            else:
-                outcome.failed.append((index, error or "no publisher confirm"))
-        return outcome
-
     def _confirm_producer(self) -> Any:
         """A producer on a channel of its own, in confirm mode, that does not wait per message."""
         if self.confirm_producer is None:
-            channel: Any = self.connection.channel()
-            channel.confirm_select()
-            channel._confirm_selected = True
-            confirms = self.confirms = Confirms()
-            publish = channel._basic_publish
-
-            def publish_no_wait(*args: Any, **kwargs: Any) -> Any:
-                kwargs.pop("confirm_timeout", None)
-                result = publish(*args, **kwargs)
-                confirms.published_one()
-                return result
-
-            channel.basic_publish = publish_no_wait
-            channel.events["basic_ack"].add(confirms.on_ack)
-            channel.events["basic_nack"].add(confirms.on_nack)
-            channel.events["basic_return"].add(confirms.on_return)
+            channel, self.confirms = confirm_channel(self.connection)
             self.confirm_producer = self.app.amqp.Producer(channel, auto_declare=True)
         return self.confirm_producer
 

@@ -24,13 +24,13 @@ from typing import Any
 from celery import Celery, Task, shared_task
 
 from .. import events
-from ..broker import redis_wire
 from ..broker.redis_wire import Entry
 from ..config import get_settings
 from ..message.tasks import Refused
 from ..store.models import PendingStatus, utcnow
 from ..store.pending import PendingRow, claim_rows, mark_failed, mark_sent, mark_status, release
-from .publisher import get_publisher, is_bad_input, reset_publisher
+from .batch import send_batch
+from .publisher import get_publisher, reset_publisher
 from .relay_check import RowChecks
 
 logger = logging.getLogger(__name__)
@@ -103,27 +103,20 @@ def _send(app: Celery, token: str, rows: Sequence[PendingRow]) -> tuple[RelaySta
     if not ready and not built:
         return stats, _nothing
     outcome = _Outcome()
-    with publisher.lock:
-        if built:
-            _write_direct(app, publisher, built, outcome)
-        if ready and outcome.broker_down:
-            outcome.untried.extend(row.id for row, *_ in ready)
-        elif ready and publisher.batch_confirms:
-            # Publish the batch on a confirm-mode channel, then wait for the confirms: sent = acked.
-            result = publisher.send_confirmed(
-                [(row.task_name, args, kwargs, row.task_id, options) for row, args, kwargs, options in ready]
-            )
-            outcome.sent += [ready[i][0].id for i in result.sent]
-            outcome.failures += [(ready[i][0].id, error) for i, error in result.failed]
-            outcome.untried += [ready[i][0].id for i in result.untried]
-            if result.broker_down:
-                outcome.broker_down = True
-                reset_publisher(app)
-        elif ready:
-            # Redis through kombu (messages it must route itself), other brokers: one at a time. (kombu's
-            # publish batch runs a pipeline without reading each reply: after an error reply it cannot
-            # tell which messages Redis took, and the relay would send them again.)
-            _send_one_by_one(app, token, publisher, ready, outcome, stats)
+    sending = [row for row, _ in built] + [row for row, *_ in ready]
+    result = send_batch(
+        publisher,
+        [entry for _, entry in built],
+        [(row.task_name, args, kwargs, row.task_id, options) for row, args, kwargs, options in ready],
+    )
+    outcome.sent += [sending[i].id for i in result.sent]
+    outcome.failures += [(sending[i].id, error) for i, error in result.failed]
+    outcome.untried += [sending[i].id for i in result.untried]
+    outcome.broker_down = result.broker_down
+    for i, error in result.invalid:
+        _mark_invalid(app, token, sending[i].id, error, stats)
+    if result.reset:
+        reset_publisher(app)
     stats.broker_down = outcome.broker_down
     return stats, partial(_record, app, token, rows, outcome, stats)
 
@@ -169,14 +162,6 @@ def _mark_invalid(app: Celery, token: str, row_id: int, error: str, stats: Relay
     logger.error("Pending message %d cannot be sent: %s", row_id, error)
 
 
-def _broker_away(app: Celery, outcome: _Outcome, failed: list[tuple[int, str]], untried: list[int]) -> None:
-    """The broker is away: the sends tried count as failed (backed off), the rest go back untouched."""
-    outcome.failures += failed
-    outcome.untried += untried
-    outcome.broker_down = True
-    reset_publisher(app)
-
-
 def _build_entries(
     app: Celery,
     publisher: Any,
@@ -200,62 +185,6 @@ def _build_entries(
         else:
             built.append((row, entry))
     return rest
-
-
-def _write_direct(app: Celery, publisher: Any, built: list[tuple[PendingRow, Entry]], outcome: _Outcome) -> None:
-    """One pipeline of LPUSHes (and WAIT): each row is sent exactly when the LPUSH carrying it
-    succeeded; only the rows Redis refused are charged. A lost connection counts once."""
-    try:
-        written = redis_wire.write_each(
-            publisher, [entry for _, entry in built], publisher.wait_replicas, publisher.wait_timeout
-        )
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        _broker_away(app, outcome, [(built[0][0].id, error)], [row.id for row, _ in built[1:]])
-        return
-    server_refused = False
-    for index, (row, _) in enumerate(built):
-        refused = written.errors.get(index)
-        if refused is not None:
-            outcome.failures.append((row.id, f"{type(refused).__name__}: {refused}"))
-            server_refused = server_refused or not redis_wire.refused_by_key(refused)
-        elif written.not_replicated:
-            # In Redis but not on enough replicas: sent again later (same task ids).
-            outcome.failures.append((row.id, f"NotReplicated: {written.not_replicated}"))
-        else:
-            outcome.sent.append(row.id)
-    if server_refused or written.not_replicated:
-        # Out of memory, a read-only replica, replicas behind: the rest of this pass would fare no better.
-        outcome.broker_down = True
-        if server_refused:
-            reset_publisher(app)
-
-
-def _send_one_by_one(
-    app: Celery,
-    token: str,
-    publisher: Any,
-    ready: list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]],
-    outcome: _Outcome,
-    stats: RelayStats,
-) -> None:
-    """Each row's own send: bad data makes it invalid, a list key Redis refuses charges it alone,
-    anything else is the broker (that row charged, the rest given back untried)."""
-    ctx = publisher.context(detached=True)
-    for index, (row, args, kwargs, options) in enumerate(ready):
-        try:
-            publisher.send(row.task_name, args, kwargs, row.task_id, options, ctx=ctx)
-            outcome.sent.append(row.id)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            if is_bad_input(exc):
-                _mark_invalid(app, token, row.id, error, stats)
-                continue
-            if redis_wire.refused_by_key(exc):
-                outcome.failures.append((row.id, error))
-                continue
-            _broker_away(app, outcome, [(row.id, error)], [r.id for r, *_ in ready[index + 1 :]])
-            break
 
 
 def relay_once(
