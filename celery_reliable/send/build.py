@@ -19,7 +19,7 @@ from celery.app.amqp import AMQP
 from celery.utils.functional import maybe_list
 from celery.utils.saferepr import saferepr
 
-from ..broker.versions import SEND_TASK_IGNORE_RESULT
+from ..broker.facts import SEND_TASK_IGNORE_RESULT
 from ..message.prepare import aware
 
 

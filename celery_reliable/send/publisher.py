@@ -23,9 +23,8 @@ from kombu.exceptions import EncodeError
 
 from ..broker import redis_wire
 from ..broker.amqp_confirms import Confirms, confirm_channel
-from ..broker.versions import SEND_TASK_APPLIES_TASK_OPTIONS
+from ..broker.facts import AMQP_SCHEMES, REDIS_SCHEMES, SEND_TASK_APPLIES_TASK_OPTIONS, broker_scheme
 from ..config import get_settings
-from ..worker.install import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme
 from .build import Built, SendContext, build, fast_path
 
 logger = logging.getLogger(__name__)

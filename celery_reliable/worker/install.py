@@ -12,7 +12,14 @@ from typing import Any
 
 from celery import Celery, signals
 
-from ..broker.versions import kombu_fetch_mismatch
+from ..broker.facts import (
+    AMQP_SCHEMES,
+    REDIS_SCHEMES,
+    broker_scheme,
+    fetch_transport,
+    fetch_transport_off,
+    visibility_timeout,
+)
 from ..config import ReliableSettings, get_settings
 from .retry import VISIBILITY_MARGIN
 
@@ -23,40 +30,14 @@ DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"
 RELIABLE_CONSUMER = "celery_reliable.worker.consumer:ReliableConsumer"
 #: Celery's default prefetch multiplier; with late ack, 1 keeps fewer messages held per worker.
 DEFAULT_PREFETCH = 4
-#: RabbitMQ's default ``consumer_timeout`` (30 min): an unacked delivery held longer is requeued.
-AMQP_CONSUMER_TIMEOUT = 1800.0
 #: Shortest expiry of kombu's restore-sweep lock (``unacked_mutex_expire``) that we set, seconds.
 MIN_SWEEP_LOCK = 5.0
 #: Added to the longest hard time limit when raising the visibility timeout above it.
 TIME_LIMIT_MARGIN = 60.0
 
-REDIS_SCHEMES = ("redis", "rediss", "sentinel", "socket")
-#: The worker's consuming transport when ``reliable_redis_atomic_fetch`` is on (redis_fetch.py), by
-#: broker URL scheme.
-ATOMIC_FETCH_TRANSPORTS = {
-    "redis": "celery_reliable.broker.redis_fetch:Transport",
-    "rediss": "celery_reliable.broker.redis_fetch:Transport",
-    "sentinel": "celery_reliable.broker.redis_fetch:SentinelTransport",
-}
-AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
-
 _installed: weakref.WeakSet[Celery] = weakref.WeakSet()
 #: apps whose visibility timeout we chose (the user did not set one)
 _owns_visibility: weakref.WeakSet[Celery] = weakref.WeakSet()
-
-
-def broker_scheme(app: Celery) -> str:
-    """The transport name of the app's broker (``redis``, ``amqp``, ``memory``...)."""
-    transport = app.conf.broker_transport
-    if transport in ATOMIC_FETCH_TRANSPORTS.values():
-        return "sentinel" if "Sentinel" in str(transport) else "redis"
-    if transport:
-        return str(transport).split(":")[0].split("+")[0].lower()
-    raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
-    if isinstance(raw, list | tuple):
-        raw = raw[0] if raw else ""
-    url = str(raw).split(";")[0]
-    return url.split("://", 1)[0].split("+")[0].lower() if "://" in url else "amqp"
 
 
 def install(app: Celery) -> ReliableSettings:
@@ -123,13 +104,7 @@ def atomic_fetch(app: Celery) -> str | None:
     or None when they fetch the way kombu does."""
     if atomic_fetch_off(app) is not None:
         return None
-    return ATOMIC_FETCH_TRANSPORTS[_url_schemes(app).pop()]
-
-
-def _url_schemes(app: Celery) -> set[str]:
-    raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
-    urls = [str(url).strip() for url in (raw if isinstance(raw, list | tuple) else str(raw).split(";"))]
-    return {url.split("://", 1)[0].lower() if "://" in url else "" for url in urls if url}
+    return fetch_transport(app)
 
 
 def atomic_fetch_off(app: Celery) -> str | None:
@@ -141,47 +116,23 @@ def atomic_fetch_off(app: Celery) -> str | None:
     """
     if app not in _installed:
         return "celery_reliable is not installed on this app (no ReliableTask)"
-    if not get_settings(app).redis_atomic_fetch:
-        return "reliable_redis_atomic_fetch is False"
-    mismatch = kombu_fetch_mismatch()
-    if mismatch is not None:
-        return mismatch
-    if app.conf.broker_transport not in (None, "", *ATOMIC_FETCH_TRANSPORTS, *ATOMIC_FETCH_TRANSPORTS.values()):
-        return f"broker_transport is {app.conf.broker_transport!r}"
     if not _is_reliable_consumer(app.conf.worker_consumer):
         return f"worker_consumer {app.conf.worker_consumer!r} is not celery_reliable's ReliableConsumer"
-    schemes = _url_schemes(app)
-    if len({ATOMIC_FETCH_TRANSPORTS.get(scheme) for scheme in schemes} - {None}) != 1 or not schemes <= set(
-        ATOMIC_FETCH_TRANSPORTS
-    ):
-        shown = ", ".join(f"{scheme or '?'}://" for scheme in sorted(schemes)) or "no URL"
-        return f"only redis://, rediss:// or sentinel:// broker URLs are supported (not mixed), not {shown}"
-    return None
+    return fetch_transport_off(app, get_settings(app).redis_atomic_fetch)
 
 
 def _is_reliable_consumer(consumer: Any) -> bool:
-    """A user's own consumer built on ours keeps the atomic fetch."""
-    from .consumer import ReliableConsumer
+    """A user's own consumer built on ours keeps the atomic fetch (both resolved as Celery resolves
+    ``worker_consumer``)."""
+    from kombu.utils.imports import symbol_by_name
 
-    if isinstance(consumer, str):
-        try:
-            from kombu.utils.imports import symbol_by_name
-
+    try:
+        ours = symbol_by_name(RELIABLE_CONSUMER)
+        if isinstance(consumer, str):
             consumer = symbol_by_name(consumer)
-        except Exception:
-            return False
-    return isinstance(consumer, type) and issubclass(consumer, ReliableConsumer)
-
-
-def visibility_timeout(app: Celery) -> float | None:
-    """Seconds after which the broker redelivers an unacknowledged message, if it does."""
-    scheme = broker_scheme(app)
-    if scheme in REDIS_SCHEMES:
-        options = app.conf.broker_transport_options or {}
-        return float(options.get("visibility_timeout", 3600))
-    if scheme in AMQP_SCHEMES:
-        return AMQP_CONSUMER_TIMEOUT
-    return None
+    except Exception:
+        return False
+    return isinstance(consumer, type) and issubclass(consumer, ours)
 
 
 def retry_ceiling(app: Celery) -> float | None:

@@ -22,8 +22,8 @@ from celery.worker.request import Request
 from celery.worker.state import task_ready
 
 from .. import events
+from ..broker.facts import celery_retries_lost_workers
 from ..broker.redis_envelope import MAX_DEPTH, deeper_than, may_nest_deeper
-from ..broker.versions import celery_retries_lost_workers
 from ..exceptions import PermanentError
 from ..store.failures import FailureRecord
 from . import arguments, raw, record

@@ -15,9 +15,8 @@ from typing import Any
 
 from celery import bootsteps
 
-from ..broker.versions import kombu_sweeps_on_its_own
+from ..broker.facts import REDIS_SCHEMES, broker_scheme, kombu_sweeps_on_its_own
 from ..config import get_settings
-from .install import REDIS_SCHEMES, broker_scheme
 
 logger = logging.getLogger(__name__)
 

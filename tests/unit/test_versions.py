@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from celery_reliable.broker import versions
+from celery_reliable.broker import facts as versions
 from celery_reliable.ops.doctor.result import Status
 from celery_reliable.ops.doctor.versions import check_versions
 from celery_reliable.worker.install import atomic_fetch_off, install

@@ -12,9 +12,10 @@ from typing import Any
 
 from celery import Celery
 
+from ...broker.facts import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme
 from ...config import get_settings
 from ...exceptions import ImproperlyConfigured
-from ...worker.install import AMQP_SCHEMES, REDIS_SCHEMES, atomic_fetch_off, broker_scheme
+from ...worker.install import atomic_fetch_off
 from . import beat, celery_settings, rabbitmq, redis, store, timeouts, versions
 from .result import Report, Result, Status
 from .tasks import TaskFacts, task_facts

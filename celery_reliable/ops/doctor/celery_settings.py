@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from ...worker.install import REDIS_SCHEMES, broker_scheme
+from ...broker.facts import REDIS_SCHEMES, broker_scheme
 from .result import Result, Status
 from .tasks import TaskFacts, names
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from celery import Celery
 
-from ...broker.versions import kombu_sweeps_on_its_own
+from ...broker.facts import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme, kombu_sweeps_on_its_own, visibility_timeout
 from ...config import get_settings
-from ...worker.install import AMQP_SCHEMES, REDIS_SCHEMES, TIME_LIMIT_MARGIN, broker_scheme, visibility_timeout
+from ...worker.install import TIME_LIMIT_MARGIN
 from .result import Result, Status
 from .tasks import TaskFacts, names
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...broker.versions import TESTED, found
+from ...broker.facts import TESTED, found
 from .result import Result, Status
 
 

@@ -1,15 +1,98 @@
-"""Which Celery, kombu and redis-py this process runs, and what they can do.
+"""Facts about the broker and the libraries that talk to it, read from the app and the installed packages.
 
-celery_reliable supports the minors it is tested on (:data:`TESTED`). Where Celery or kombu
-expose a feature it is detected (:func:`celery_retries_lost_workers`,
-:func:`kombu_fetch_mismatch`); the version numbers only decide what the doctor reports and whether
-the atomic Redis fetch, which replaces two private kombu methods, may run.
+Which transport an app's broker URL names, how long it holds an unacknowledged message, which
+transport the workers consume Redis with (the atomic fetch, and why not when not), and which
+Celery, kombu and redis-py run here with what they can do. Where Celery or kombu expose a feature
+it is detected; the version numbers only decide what the doctor reports and whether the atomic
+Redis fetch, which replaces two private kombu methods, may run. Nothing here connects.
 """
 
 from __future__ import annotations
 
 import inspect
 from importlib import metadata
+from typing import Any
+
+from celery import Celery
+
+#: RabbitMQ's default ``consumer_timeout`` (30 min): an unacked delivery held longer is requeued.
+AMQP_CONSUMER_TIMEOUT = 1800.0
+#: kombu's Redis visibility timeout when none is set.
+KOMBU_VISIBILITY_TIMEOUT = 3600.0
+
+REDIS_SCHEMES = ("redis", "rediss", "sentinel", "socket")
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+#: The one transport map: the worker's consuming transport when ``reliable_redis_atomic_fetch`` is on
+#: (:mod:`celery_reliable.broker.redis_fetch`), by broker URL scheme.
+ATOMIC_FETCH_TRANSPORTS = {
+    "redis": "celery_reliable.broker.redis_fetch:Transport",
+    "rediss": "celery_reliable.broker.redis_fetch:Transport",
+    "sentinel": "celery_reliable.broker.redis_fetch:SentinelTransport",
+}
+
+
+def broker_scheme(app: Celery) -> str:
+    """The transport name of the app's broker (``redis``, ``amqp``, ``memory``...)."""
+    transport = app.conf.broker_transport
+    if transport in ATOMIC_FETCH_TRANSPORTS.values():
+        return "sentinel" if "Sentinel" in str(transport) else "redis"
+    if transport:
+        return str(transport).split(":")[0].split("+")[0].lower()
+    raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
+    if isinstance(raw, list | tuple):
+        raw = raw[0] if raw else ""
+    url = str(raw).split(";")[0]
+    return url.split("://", 1)[0].split("+")[0].lower() if "://" in url else "amqp"
+
+
+def url_schemes(app: Celery) -> set[str]:
+    """The schemes of every broker URL the app's workers read from (failover lists included)."""
+    raw: Any = app.conf.broker_read_url or app.conf.broker_url or ""
+    urls = [str(url).strip() for url in (raw if isinstance(raw, list | tuple) else str(raw).split(";"))]
+    return {url.split("://", 1)[0].lower() if "://" in url else "" for url in urls if url}
+
+
+def visibility_timeout(app: Celery) -> float | None:
+    """Seconds after which the broker redelivers an unacknowledged message, if it does."""
+    scheme = broker_scheme(app)
+    if scheme in REDIS_SCHEMES:
+        options = app.conf.broker_transport_options or {}
+        return float(options.get("visibility_timeout", KOMBU_VISIBILITY_TIMEOUT))
+    if scheme in AMQP_SCHEMES:
+        return AMQP_CONSUMER_TIMEOUT
+    return None
+
+
+def fetch_transport_off(app: Celery, enabled: bool) -> str | None:
+    """Why the atomic fetch cannot serve this app's broker, or None when it can.
+
+    Only for ``redis://``, ``rediss://`` and ``sentinel://`` broker URLs (not mixed) on kombu's own
+    Redis transports (not Unix sockets or a transport chosen with ``broker_transport``), on a
+    tested kombu whose fetch methods it was written against. ``enabled``:
+    ``reliable_redis_atomic_fetch``.
+    """
+    if not enabled:
+        return "reliable_redis_atomic_fetch is False"
+    mismatch = kombu_fetch_mismatch()
+    if mismatch is not None:
+        return mismatch
+    if app.conf.broker_transport not in (None, "", *ATOMIC_FETCH_TRANSPORTS, *ATOMIC_FETCH_TRANSPORTS.values()):
+        return f"broker_transport is {app.conf.broker_transport!r}"
+    schemes = url_schemes(app)
+    if len({ATOMIC_FETCH_TRANSPORTS.get(scheme) for scheme in schemes} - {None}) != 1 or not schemes <= set(
+        ATOMIC_FETCH_TRANSPORTS
+    ):
+        shown = ", ".join(f"{scheme or '?'}://" for scheme in sorted(schemes)) or "no URL"
+        return f"only redis://, rediss:// or sentinel:// broker URLs are supported (not mixed), not {shown}"
+    return None
+
+
+def fetch_transport(app: Celery) -> str:
+    """The atomic-fetch transport of the app's broker URLs (check :func:`fetch_transport_off` first)."""
+    return ATOMIC_FETCH_TRANSPORTS[sorted(url_schemes(app))[0]]
+
+
+# -- versions ------------------------------------------------------------------------------
 
 #: Minor versions each dependency is tested on (CI runs the compat subset on the older ones).
 TESTED: dict[str, tuple[tuple[int, int], ...]] = {
