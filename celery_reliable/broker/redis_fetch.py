@@ -37,31 +37,27 @@ otherwise it logs why and fetches the way kombu does.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-from collections.abc import Callable
 from queue import Empty
 from time import monotonic, time
 from typing import Any
 
-import redis
 from kombu import Connection
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual
-from kombu.utils.json import loads
 from redis.exceptions import NoScriptError
 
-from .redis_envelope import Undeliverable, check, parse
+from .facts import ATOMIC_FETCH_TRANSPORTS
+from .redis_envelope import Undeliverable, parse
+from .redis_quarantine import MAX_TAKES, MAX_TAKES_TRACKED, TAKES_KEY, FetchQoS, Quarantine, QuarantineHandler, lua
 
 logger = logging.getLogger(__name__)
 
+#: The atomic-fetch transport for each URL scheme it serves (the one map, in broker/facts.py).
+BY_SCHEME = ATOMIC_FETCH_TRANSPORTS
 #: This module's transports, as Celery/kombu name them: for redis:// and rediss:// (TLS), and for
 #: sentinel:// URLs.
-TRANSPORT = "celery_reliable.broker.redis_fetch:Transport"
-SENTINEL_TRANSPORT = "celery_reliable.broker.redis_fetch:SentinelTransport"
-#: The atomic-fetch transport for each URL scheme it serves.
-BY_SCHEME = {"redis": TRANSPORT, "rediss": TRANSPORT, "sentinel": SENTINEL_TRANSPORT}
+TRANSPORT = BY_SCHEME["redis"]
+SENTINEL_TRANSPORT = BY_SCHEME["sentinel"]
 #: Oldest Redis with ``BLMOVE``.
 MIN_REDIS = (6, 2)
 #: Wait while idle when messages may arrive on a key other than the one waited on (several queues,
@@ -71,89 +67,8 @@ SHORT_WAIT = 0.1
 SHORT_WAIT_FOR = 60.0
 #: Suffix of a queue's stage list (after kombu's separator, like its priority lists' numbers): see stage_list().
 STAGE = "fetch"
-#: Suffix of a queue's quarantine list: entries that cannot be delivered, waiting to be stored.
-QUARANTINE = "quarantine"
-#: Hash counting how often each delivery tag was taken without kombu recording its delivery.
-TAKES_KEY = "reliable.fetch.takes"
-#: A tag taken this many times without being delivered is quarantined instead of taken again:
-#: each of the earlier takes ended with the worker gone before it delivered the message.
-MAX_TAKES = 3
-#: Entries of the takes hash beyond which it is emptied (only takes whose worker died stay in it).
-MAX_TAKES_TRACKED = 10_000
-#: Seconds between sweeps of the quarantine lists of a worker's queues (the first at its start).
-QUARANTINE_SWEEP = 60.0
-#: Entries stored per quarantine list and sweep.
-QUARANTINE_BATCH = 100
-#: Pause before a quarantine list is looked at again after its entry could not be stored.
-QUARANTINE_RETRY = 5.0
-
-#: The quarantine list of unacknowledged records that cannot be given back to a queue (found by
-#: kombu's restore sweep, of any queue of the database): swept by every worker.
-QUARANTINE_RESTORE = "_reliable.quarantine"
-
-#: Stores one quarantined entry: (entry bytes, queue, what is wrong, entry id) -> stored?
-QuarantineHandler = Callable[[bytes, str, str, str], bool]
-
-#: KEYS: the n lists in the order to take from (stage lists first), the quarantine list of each,
-#: then the unacked hash and index and the takes hash. ARGV[1]: the time to index the delivery
-#: under; ARGV[2]: the id to quarantine an entry under. Returns {key number, entry, 1, tag} for a
-#: message taken and recorded, {key number, entry, 0 (cannot be delivered) or 2 (taken MAX_TAKES
-#: times), ''} for an entry moved to the quarantine list, or nil. The hash value is built around
-#: the raw entry (never re-encoded), exactly as ``json.dumps([message, exchange, routing_key])``
-#: would.
-TAKE_SCRIPT = """
-local n = (#KEYS - 3) / 2
-local takes = KEYS[2 * n + 3]
-for i = 1, n do
-  local raw = redis.call('RPOP', KEYS[i])
-  if raw then
-    local why = 0
-    local ok, msg = pcall(cjson.decode, raw)
-    if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
-      local props = msg.properties
-      local info = props.delivery_info
-      local tag = props.delivery_tag
-      if type(tag) == 'string' and tag ~= '' and type(info) == 'table'
-          and type(info.exchange) == 'string' and type(info.routing_key) == 'string'
-          and (msg.headers == nil or type(msg.headers) == 'table')
-          and (msg.body == nil or type(msg.body) == 'string') then
-        if redis.call('HINCRBY', takes, tag, 1) < MAX_TAKES then
-          if redis.call('HLEN', takes) > MAX_TAKES_TRACKED then
-            redis.call('DEL', takes)
-          end
-          redis.call('ZADD', KEYS[2 * n + 2], ARGV[1], tag)
-          redis.call('HSET', KEYS[2 * n + 1], tag,
-            '[' .. raw .. ', ' .. cjson.encode(info.exchange) .. ', ' .. cjson.encode(info.routing_key) .. ']')
-          return {i, raw, 1, tag}
-        end
-        redis.call('HDEL', takes, tag)
-        why = 2
-      end
-    end
-    redis.call('LPUSH', KEYS[n + i], ARGV[2] .. ':' .. raw)
-    return {i, raw, why, ''}
-  end
-end
-return false
-""".replace("MAX_TAKES_TRACKED", str(MAX_TAKES_TRACKED)).replace("MAX_TAKES", str(MAX_TAKES))
-
-
-#: Moves an entry the take script recorded to a quarantine list, atomically. KEYS: the quarantine
-#: list, unacked, its index, the takes hash; ARGV: the quarantine element, the delivery tag.
-MOVE_SCRIPT = """
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
-redis.call('HDEL', KEYS[4], ARGV[2])
-return 1
-"""
-
-
-def _call(client: Any, *args: Any) -> Any:
-    """Run a command with its keys exactly as given: kombu's client adds the global key prefix to
-    the keys of some commands only (not LRANGE, LREM, EVAL), so keys here are prefixed by hand."""
-    execute: Any = redis.Redis.execute_command
-    return execute(client, *args)
+#: The take (``lua/take.lua``): see the module docstring. Its replies are described in the file.
+TAKE_SCRIPT = lua("take.lua").replace("MAX_TAKES_TRACKED", str(MAX_TAKES_TRACKED)).replace("MAX_TAKES", str(MAX_TAKES))
 
 
 #: kombu's Redis channels; their private fetch methods (``_brpop_start``/``_brpop_read``, stable
@@ -167,23 +82,6 @@ def stage_list(queue: str, sep: str = "\x06\x16") -> str:
     return f"{queue}{sep}{STAGE}"
 
 
-def quarantine_list(queue: str, sep: str = "\x06\x16") -> str:
-    """The quarantine list of ``queue``: entries that cannot be delivered, until they are stored."""
-    return f"{queue}{sep}{QUARANTINE}"
-
-
-def split_entry(element: bytes) -> tuple[str, bytes]:
-    """(entry id, entry) of a quarantine list element (``<id>:<entry>``).
-
-    An element that is not in that form (written by something else) is its own entry, under an id
-    made from its content.
-    """
-    entry_id, sep, entry = element.partition(b":")
-    if sep and 0 < len(entry_id) <= 64 and entry_id.isalnum():
-        return entry_id.decode("ascii"), entry
-    return "h" + hashlib.sha256(element).hexdigest()[:32], element
-
-
 def version_tuple(text: str) -> tuple[int, ...]:
     parts = []
     for part in text.split(".")[:2]:
@@ -192,50 +90,7 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-class FetchQoS(kombu_redis.QoS):
-    """kombu's Redis QoS; a delivery the take script already recorded is not recorded again.
-
-    kombu records every delivery in ``unacked`` (``QoS.append``: a round trip that writes the whole
-    message again). For a message the script took, that record exists already; the same round
-    trip clears the message's take count instead, now that it was delivered.
-    """
-
-    channel: Any
-
-    def append(self, message: Any, delivery_tag: str) -> None:
-        channel = self.channel
-        if delivery_tag != getattr(channel, "_taken_tag", None):
-            super().append(message, delivery_tag)  # not from the script (basic_get): kombu's record
-            return
-        channel._taken_tag = None
-        with channel.conn_or_acquire() as client:  # kombu's client prefixes HDEL's key, as for its own acks
-            client.hdel(TAKES_KEY, delivery_tag)
-        virtual.QoS.append(self, message, delivery_tag)
-
-    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
-        """kombu's restore of an unacknowledged message, for records it cannot restore.
-
-        kombu's restore (a requeue, the visibility-timeout sweep) would raise on a record that is
-        not UTF-8 JSON, stopping the worker that sweeps, and drops one whose ``headers`` is not an
-        object ("Could not restore message"). A worker killed between the fetch script and its
-        check leaves such a record; it is moved to the quarantine list instead, and stored.
-        """
-        channel = self.channel
-        with channel.conn_or_acquire(client) as client:
-            record = client.hget(self.unacked_key, tag)
-            why = channel._unrestorable(record)
-            if why is None:
-                try:
-                    super().restore_by_tag(tag, client=client, leftmost=leftmost)
-                    return
-                except channel._io_errors():
-                    raise
-                except Exception as exc:
-                    why = f"kombu could not give it back to its queue ({type(exc).__name__}: {exc})"
-            channel._quarantine_record(client, tag, record, why)
-
-
-class AtomicFetch:
+class AtomicFetch(Quarantine):
     """Takes and records each message in one atomic step; mixed into kombu's Redis channels."""
 
     QoS = FetchQoS
@@ -268,10 +123,6 @@ class AtomicFetch:
     _fetch_waited = 0
     #: the delivery tag of the message being delivered (see FetchQoS.append)
     _taken_tag: str | None = None
-    #: when the quarantine lists of this channel's queues are next looked at
-    _quarantine_due = 0.0
-    _fetches = 0
-    _run_id = ""
 
     def _decide(self) -> bool:
         """Atomic fetch if this Redis can do it (asked once per channel)."""
@@ -298,16 +149,6 @@ class AtomicFetch:
 
     def _stage(self, queue: str) -> str:
         return stage_list(queue, self.sep)
-
-    def _quarantine(self, queue: str) -> str:
-        return quarantine_list(queue, self.sep)
-
-    def _next_entry_id(self) -> str:
-        """A new id for an entry the script may quarantine: unique across workers and restarts."""
-        if not self._run_id:
-            self._run_id = os.urandom(8).hex()
-        self._fetches += 1
-        return f"{self._run_id}{self._fetches:x}"
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self._decide():
@@ -428,121 +269,6 @@ class AtomicFetch:
                 self.qos.ack(tag)  # kombu counted it as held: release it
         finally:
             self._taken_tag = None
-
-    def _move_to_quarantine(self, queue: str, item: bytes, tag: bytes, why: str) -> None:
-        """Move an entry the script recorded as unacknowledged to the quarantine list, atomically."""
-        entry_id = self._next_entry_id()
-        prefix = self.global_keyprefix or ""
-        keys = (self._quarantine(queue), self.unacked_key, self.unacked_index_key, TAKES_KEY)
-        with self.conn_or_acquire() as client:
-            element = entry_id.encode() + b":" + item
-            _call(client, "EVAL", MOVE_SCRIPT, len(keys), *(prefix + k for k in keys), element, tag)
-        self._quarantined(queue, entry_id, item, why)
-
-    # -- quarantine ---------------------------------------------------------------------------
-
-    def _io_errors(self) -> tuple[type[BaseException], ...]:
-        """The connection errors that are about the connection (kombu counts KeyError among them)."""
-        return tuple(e for e in self.connection_errors if not issubclass(e, LookupError))
-
-    def _unrestorable(self, record: bytes | None) -> str | None:
-        """Why an unacknowledged record cannot be restored by kombu, or None if it can (or is gone)."""
-        if record is None:
-            return None
-        try:
-            text = record.decode("utf-8")
-        except UnicodeDecodeError:
-            return "its unacknowledged record is not UTF-8 text"
-        try:
-            entry = loads(text)
-        except Exception:
-            return "its unacknowledged record is not JSON"
-        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], dict)):
-            return "its unacknowledged record is not [message, exchange, routing key]"
-        try:
-            check(entry[0], self.codecs)
-        except Undeliverable as exc:
-            return str(exc)
-        return None
-
-    def _quarantine_record(self, client: Any, tag: Any, record: bytes | None, why: str) -> None:
-        """Move an unacknowledged record to the restore quarantine list (atomically), to be stored."""
-        prefix = self.global_keyprefix or ""
-        if record is None:
-            return
-        element = self._next_entry_id().encode() + b":" + record
-        keys = (QUARANTINE_RESTORE, self.unacked_key, self.unacked_index_key, TAKES_KEY)
-        _call(client, "EVAL", MOVE_SCRIPT, len(keys), *(prefix + k for k in keys), element, tag)
-        logger.error("celery_reliable: an unacknowledged message cannot be given back to its queue (%s); "
-                     "it is quarantined to be stored", why)  # fmt: skip
-        self._quarantine_due = 0.0  # stored by this worker's next fetch
-
-    def _quarantine_handler(self) -> QuarantineHandler | None:
-        client = getattr(self.connection, "client", None)
-        handler: QuarantineHandler | None = getattr(client, "reliable_quarantine_handler", None)
-        return handler
-
-    def _quarantined(self, queue: str, entry_id: str, item: bytes, why: str | None) -> None:
-        """Store an entry just quarantined, then take it off the quarantine list."""
-        handler = self._quarantine_handler()
-        if handler is None:
-            logger.error(
-                "celery_reliable: an entry of queue %s cannot be delivered (%s); it is kept in list %r",
-                queue, why or self._why(item), self._quarantine(queue),
-            )  # fmt: skip
-            return
-        if not self._store_element(handler, queue, entry_id, item, entry_id.encode() + b":" + item, why):
-            self._quarantine_due = min(self._quarantine_due, monotonic() + QUARANTINE_RETRY)
-
-    def _sweep_quarantine(self) -> None:
-        """Store the entries left in the quarantine lists of this channel's queues (by a dead worker)."""
-        self._quarantine_due = monotonic() + QUARANTINE_SWEEP
-        handler = self._quarantine_handler()
-        if handler is None:
-            return
-        prefix = self.global_keyprefix or ""
-        lists = [(queue, self._quarantine(queue)) for queue in self.active_queues]
-        for queue, key in [*lists, ("", QUARANTINE_RESTORE)]:
-            with self.conn_or_acquire() as client:
-                elements = _call(client, "LRANGE", prefix + key, -QUARANTINE_BATCH, -1)
-            for element in reversed(elements):  # oldest first
-                entry_id, item = split_entry(element)
-                why = None
-                if key == QUARANTINE_RESTORE:
-                    why = f"unacknowledged, and kombu cannot give it back to a queue: {self._unrestorable(item)}"
-                if not self._store_element(handler, queue, entry_id, item, element, why, key):
-                    self._quarantine_due = monotonic() + QUARANTINE_RETRY
-                    return
-
-    def _why(self, item: bytes) -> str:
-        try:
-            parse(item, self.codecs)
-        except Undeliverable as exc:
-            return str(exc)
-        return "the fetch script could not read it as a message"
-
-    def _store_element(
-        self,
-        handler: QuarantineHandler,
-        queue: str,
-        entry_id: str,
-        item: bytes,
-        element: bytes,
-        why: str | None,
-        key: str | None = None,
-    ) -> bool:
-        """Store one quarantined entry with ``handler``; once stored, remove ``element`` from its list."""
-        try:
-            stored = handler(item, queue, why or self._why(item), entry_id)
-        except Exception:
-            logger.exception("celery_reliable: storing a quarantined entry of queue %s failed", queue)
-            stored = False
-        if stored:
-            prefix = self.global_keyprefix or ""
-            with self.conn_or_acquire() as client:
-                _call(client, "LREM", prefix + (key or self._quarantine(queue)), 1, element)
-        return bool(stored)
-
 
 class Channel(AtomicFetch, _RedisChannel):  # type: ignore[misc]
     """kombu's Redis channel with the atomic fetch."""

@@ -16,7 +16,7 @@ from kombu.transport.virtual.base import Base64
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from celery_reliable.broker import redis_envelope as envelope
-from celery_reliable.broker.redis_fetch import split_entry
+from celery_reliable.broker.redis_quarantine import split_entry
 from celery_reliable.exceptions import PermanentError, StoreError
 from celery_reliable.store.failures import FailureRecord
 from celery_reliable.worker import arguments, failure_store, raw, requeue
