@@ -615,7 +615,7 @@ class Bench:
         import cProfile
 
         from celery_reliable.send.relay import send_rows
-        from celery_reliable.store.pending import claim_rows
+        from celery_reliable.store.claims import claim_rows
 
         args = self.args
         n = args.n

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from ..config import get_settings
 from ..message.prepare import prepare
-from ..store.pending import add_pending, claim
+from ..store.claims import claim
+from ..store.pending import add_pending
 from .publish import with_message
 
 logger = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from .. import events
 from ..broker.redis_wire import Entry
 from ..config import get_settings
 from ..message.tasks import Refused
+from ..store.claims import PendingRow, claim_rows, mark_failed, mark_sent, mark_status, release
 from ..store.models import PendingStatus, utcnow
-from ..store.pending import PendingRow, claim_rows, mark_failed, mark_sent, mark_status, release
 from .batch import send_batch
 from .publisher import get_publisher, reset_publisher
 from .relay_check import RowChecks

@@ -11,18 +11,10 @@ from sqlalchemy import update
 
 from celery_reliable import upgrade
 from celery_reliable.message.prepare import prepare
+from celery_reliable.store.claims import claim, mark_failed, mark_sent, mark_status, release
 from celery_reliable.store.engine import dispose
 from celery_reliable.store.models import PendingMessage, PendingStatus
-from celery_reliable.store.pending import (
-    add_pending,
-    claim,
-    count_by_status,
-    mark_failed,
-    mark_sent,
-    mark_status,
-    purge_sent,
-    release,
-)
+from celery_reliable.store.pending import add_pending, count_by_status, purge_sent
 from tests.integration.test_publish import pending_rows, sql
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,8 @@ import pytest
 from celery import Celery
 
 from celery_reliable import ImproperlyConfigured, ReliableSettings
-from celery_reliable.config import FIELDS, Bounds, load_settings, settings_table
+from celery_reliable.config import FIELDS, load_settings, settings_table
+from celery_reliable.settings_rules import Bounds
 
 ROOT = Path(__file__).resolve().parents[2]
 

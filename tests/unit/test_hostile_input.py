@@ -171,10 +171,10 @@ def test_a_handed_back_failure_crosses_processes_whole() -> None:
 def test_arguments_are_checked_like_celery_checks_them() -> None:
     app = Celery("hostile-unit", set_as_current=False)
 
-    @app.task(bind=True, name="u.one")
+    @app.task(bind=True, name="u.one", shared=False)
     def one(self: Any, key: Any) -> None: ...
 
-    @app.task(name="u.untyped", typing=False)
+    @app.task(name="u.untyped", typing=False, shared=False)
     def untyped(key: Any) -> None: ...
 
     assert arguments.check(one, ["k"], {}) is None and arguments.check(one, [], {"key": 1}) is None

@@ -13,16 +13,9 @@ from celery.bin.base import CeleryCommand
 
 from ...config import get_settings
 from ...send.relay import RelayStats, send_rows
+from ...store.claims import claim_rows
 from ...store.models import PendingMessage, PendingStatus
-from ...store.pending import (
-    PendingFilter,
-    claim_rows,
-    delete_pending,
-    find_pending,
-    get_pending,
-    pending_ids,
-    requeue_stuck,
-)
+from ...store.pending import PendingFilter, delete_pending, find_pending, get_pending, pending_ids, requeue_stuck
 from ..status import pending_statuses
 from .base import CleanError, app_of, echo, echo_json, json_option, reliable, reliable_errors, table
 from .options import (

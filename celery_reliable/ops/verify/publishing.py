@@ -16,8 +16,8 @@ from ...exceptions import ReliableError
 from ...send.outbox import outbox
 from ...send.publish import publish
 from ...send.relay import send_rows
+from ...store.claims import claim
 from ...store.engine import get_engine, get_sessionmaker
-from ...store.pending import claim
 from .plan import Plan
 from .store import unsent_ids
 

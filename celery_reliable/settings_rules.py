@@ -1,0 +1,108 @@
+"""The words and ranges of the ``reliable_*`` settings: what each accepts and how a refusal reads.
+
+Kept apart from :mod:`celery_reliable.config` (the settings themselves) so the field list stays
+readable: each field names its bounds with :func:`seconds` or :func:`count` and its doc with
+:func:`doc`; the same :class:`Bounds` refuse a bad value at start and write the docs table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .exceptions import ImproperlyConfigured
+
+#: Prefix of every key in the Celery configuration.
+PREFIX = "reliable_"
+
+#: Seconds in a day, for the upper bounds below.
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting accepts: finite, from ``low`` (excluded if ``low_open``) to ``high``.
+
+    Every numeric setting has an upper bound, so a typo (an extra zero, ``float("inf")``, NaN from a
+    bad computation) is refused at start instead of stalling a relay pass or a task's retries.
+    """
+
+    low: float
+    high: float
+    low_open: bool = False
+    seconds: bool = False
+
+    def accepts(self, value: float) -> bool:
+        if not math.isfinite(value) or value > self.high:
+            return False
+        return value > self.low if self.low_open else value >= self.low
+
+    def words(self, integer: bool) -> str:
+        kind = "an integer" if integer else ("a number of seconds" if self.seconds else "a number")
+        low = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+        return f"{kind} {low} and <= {amount(self.high)}"
+
+
+def amount(value: float) -> str:
+    """``100000``, or ``2592000 (30 days)`` for a whole number of days."""
+    text = f"{value:.0f}" if value == int(value) else f"{value:g}"
+    days = value / DAY
+    if value >= DAY and days == int(days):
+        return f"{text} ({days:.0f} day{'s' if days != 1 else ''})"
+    return text
+
+
+def doc(text: str, bounds: Bounds | None = None) -> dict[str, Any]:
+    return {"doc": text, "bounds": bounds}
+
+
+def seconds(high: float, low_open: bool = False) -> Bounds:
+    return Bounds(0.0, high, low_open=low_open, seconds=True)
+
+
+def count(low: int, high: int) -> Bounds:
+    return Bounds(low, high)
+
+
+#: What each key of a ``reliable_retry_policies`` entry accepts (the same as the task-wide settings).
+POLICY_BOUNDS = {
+    "max_retries": count(0, 1000),
+    "backoff": seconds(DAY),
+    "backoff_max": seconds(7 * DAY),
+    "countdown": seconds(7 * DAY),
+}
+
+
+
+TYPE_NAMES = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "float | None": "a number or None",
+    "bool": "True or False",
+    "tuple[str, ...]": "a list of dotted exception names",
+    "TaskPatterns": "a list of task names or fnmatch patterns",
+    "Mapping[str, Mapping[str, float]]": "a mapping of dotted exception name to policy",
+}
+
+
+def bad(name: str, value: object, accepted: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(
+        f"{PREFIX}{name} = {value!r} is not valid: expected {accepted}. "
+        f"See the configuration reference for {PREFIX}{name}."
+    )
+
+
+def describe_type(f: dataclasses.Field[Any]) -> str:
+    """Human words for a field's type, used in errors and in the docs table."""
+    return TYPE_NAMES.get(str(f.type), str(f.type))
+
+
+def accepted(f: dataclasses.Field[Any]) -> str:
+    """What a field accepts, in words: its type, and for a number its range."""
+    bounds: Bounds | None = f.metadata.get("bounds")
+    if bounds is None:
+        return describe_type(f)
+    return bounds.words(str(f.type) == "int") + (", or None" if "None" in str(f.type) else "")
