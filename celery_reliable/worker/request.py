@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback  # type: ignore[attr-defined]
 from billiard.exceptions import Terminated, WorkerLostError
-from celery import signals
 from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
-from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
@@ -29,6 +27,7 @@ from ..store.failures import FailureRecord
 from . import arguments, raw, record
 from . import requeue as requeues
 from .failure_store import store
+from .lost_retry import send_lost_retry
 from .retry import backoff_delay, sendable_countdown
 
 logger = logging.getLogger(__name__)
@@ -177,38 +176,8 @@ class ReliableRequest(Request):
                 del task.default_retry_delay
 
     def _send_lost_retry(self, exc: BaseException, exc_info: ExceptionInfo, countdown: float) -> bool:
-        """Celery before 5.7: send the retry of a lost or timed-out run ourselves.
-
-        The new message carries ``retries + 1``, so the bound holds; the original is acknowledged
-        only once the retry is with the broker. Returns False when it could not be sent.
-        """
-        task: Any = self.task
-        context = self._context
-        try:
-            retries = int(context.retries or 0) + 1
-            task.signature_from_request(context, countdown=countdown, retries=retries).apply_async()
-        except Exception as send_exc:
-            logger.error("Task %s[%s]: retry after a lost worker could not be sent (%r)", self.name, self.id, send_exc)
-            return False
-        if self.store_errors:
-            task.backend.mark_as_retry(self.id, exc, exc_info.traceback, request=context)
-        if task.acks_late:
-            self.acknowledge()
-        self.send_event("task-retried", exception=saferepr(exc), traceback=str(exc_info.traceback or ""))
-        task.request_stack.push(context)
-        try:
-            task.on_retry(exc, self.id, self.args, self.kwargs, exc_info)
-            signals.task_retry.send(
-                sender=task,
-                request=context,
-                reason=Retry(exc=exc, when=countdown),  # type: ignore[arg-type]
-                einfo=exc_info,
-            )
-        finally:
-            task.request_stack.pop()
-        logger.info("Task %s[%s] retry %d after %r in %.1fs", self.name, self.id, int(context.retries or 0) + 1,
-                    exc, countdown)  # fmt: skip
-        return True
+        """Celery before 5.7: send the retry of a lost or timed-out run ourselves (see :mod:`.lost_retry`)."""
+        return send_lost_retry(self, exc, exc_info, countdown)
 
     def _time_limit(self, exc: TimeLimitExceeded) -> bool:
         """Handle a hard time limit once (Celery reports it twice, in either order).
