@@ -22,7 +22,7 @@ import time
 REFERENCE = "import celery.app.task, sqlalchemy.orm, kombu"
 SUBJECT = "import celery_reliable"
 #: Loaded only when an operator feature is used (the import must not pull them in).
-OPTIONAL = ("alembic", "prometheus_client", "tornado", "flower", "click", "celery_reliable.ops")
+OPTIONAL = ("alembic", "prometheus_client", "tornado", "flower", "celery_reliable.ops")
 #: ``import celery_reliable`` may cost at most this many times the reference.
 TARGET = 1.5
 

@@ -24,10 +24,8 @@ from kombu import Queue
 from kombu.common import Broadcast
 from kombu.entity import maybe_delivery_mode
 from kombu.serialization import dumps as serialize
-from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.virtual.base import Base64
 from kombu.utils.json import dumps as json_dumps
-from redis.exceptions import ResponseError
 
 #: What kombu's Redis transport adds to every message; the entry text ends with these braces.
 _TAIL = "}}"
@@ -78,9 +76,9 @@ class Facts:
     def of(cls, app: Celery) -> Facts:
         options = app.conf.broker_transport_options or {}
         return cls(
-            sep=str(options.get("sep", RedisChannel.sep)),
-            priority_steps=tuple(options.get("priority_steps", RedisChannel.priority_steps)),
-            body_encoding=options.get("body_encoding", RedisChannel.body_encoding),
+            sep=str(options.get("sep", _redis_channel().sep)),
+            priority_steps=tuple(options.get("priority_steps", _redis_channel().priority_steps)),
+            body_encoding=options.get("body_encoding", _redis_channel().body_encoding),
         )
 
     def key(self, queue: str, priority: Any) -> str:
@@ -91,6 +89,19 @@ class Facts:
             value = self.default_priority
         step = self.priority_steps[bisect(self.priority_steps, value) - 1]
         return f"{queue}{self.sep}{step}" if step else queue
+
+
+def _redis_channel() -> Any:
+    """kombu's Redis channel class (imported on use: an app on RabbitMQ never loads redis-py)."""
+    from kombu.transport.redis import Channel
+
+    return Channel
+
+
+def _response_error() -> type[Exception]:
+    from redis.exceptions import ResponseError
+
+    return ResponseError
 
 
 def signals_connected() -> bool:
@@ -264,7 +275,7 @@ def refused_by_key(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is Redis refusing one list key (``WRONGTYPE``: the key
     holds another type), not the server refusing writes (out of memory, read-only replica)."""
     for _ in range(10):
-        if isinstance(exc, ResponseError):
+        if isinstance(exc, _response_error()):
             return "WRONGTYPE " in str(exc)  # redis-py prefixes a pipeline command's error with its number
         cause = exc.__cause__ or exc.__context__
         if cause is None:

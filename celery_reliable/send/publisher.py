@@ -9,6 +9,7 @@ would. It fails fast: retrying is its callers' job (``publish()``, the relay).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -237,7 +238,12 @@ def reset_publisher(app: Celery) -> None:
         entry[1].close()
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
+@functools.cache
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors a later send may not hit again (the broker or the network); anything else is the message.
+
+    Read on first use: redis-py and py-amqp load only in a process that meets an error.
+    """
     from amqp import exceptions as amqp_errors
     from kombu import exceptions as kombu_errors
 
@@ -255,12 +261,8 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-#: Errors a later send may not hit again (the broker or the network); anything else is the message.
-TRANSIENT_ERRORS = _transient_errors()
-
-
 def is_bad_input(exc: BaseException) -> bool:
     """True for errors that no resend can fix: the message itself cannot be encoded or packed."""
     import struct
 
-    return isinstance(exc, EncodeError | TypeError | struct.error) and not isinstance(exc, TRANSIENT_ERRORS)
+    return isinstance(exc, EncodeError | TypeError | struct.error) and not isinstance(exc, transient_errors())

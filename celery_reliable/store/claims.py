@@ -36,7 +36,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.dml import Update
@@ -280,6 +279,8 @@ def _update_claimed(app: Celery, token: str, ids: Sequence[int], values: dict[st
     with _relay_connection(app) as conn:
         if conn.dialect.name == "postgresql":
             # One array parameter instead of one parameter per id.
+            from sqlalchemy.dialects.postgresql import ARRAY
+
             matches = _T.c.id == any_(bindparam("claimed_ids", list(ids), type_=ARRAY(BigInteger)))
         else:
             matches = _T.c.id.in_(list(ids))

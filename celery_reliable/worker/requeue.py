@@ -17,6 +17,7 @@ encoded, a signature that does not fit) is not handed back at all: it is stored 
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from collections import OrderedDict
@@ -93,7 +94,10 @@ def later(pause: float, function: Callable[..., Any], *args: Any) -> None:
     _timer.call_after(pause, function, args)
 
 
-def _transient_classes() -> tuple[type[BaseException], ...]:
+@functools.cache
+def transient_classes() -> tuple[type[BaseException], ...]:
+    """The errors of a broker or database that is away for now (read on first use: redis-py and
+    py-amqp load only in a process that meets an error)."""
     classes: list[type[BaseException]] = [OperationalError, OSError, socket.timeout, StoreError]
     try:
         from redis import exceptions as redis_errors
@@ -111,12 +115,9 @@ def _transient_classes() -> tuple[type[BaseException], ...]:
     return tuple(classes)
 
 
-TRANSIENT = _transient_classes()
-
-
 def is_transient(exc: BaseException) -> bool:
     """True for an error that passes by itself: a broker or database that is away."""
-    return isinstance(exc, TRANSIENT) and not isinstance(exc, PermanentError)
+    return isinstance(exc, transient_classes()) and not isinstance(exc, PermanentError)
 
 
 class HandedBack(Exception):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 from celery.bin.base import CeleryCommand
-from prometheus_client import generate_latest, write_to_textfile
 
-from .. import metrics
 from .base import CleanError, echo, reliable
 
 
@@ -21,6 +19,14 @@ def metrics_cmd(ctx: click.Context, output: str | None) -> None:
 
     Exits 1 when the database cannot be read; the output then says celery_reliable_up 0.
     """
+    try:  # the [metrics] extra: only this command needs it
+        from prometheus_client import generate_latest, write_to_textfile
+
+        from .. import metrics
+    except ModuleNotFoundError as exc:
+        raise CleanError(
+            f"reliable metrics needs {exc.name}, which is not installed: pip install 'celery_reliable[metrics]'"
+        ) from None
     app = ctx.obj.app
     registry, error = metrics.read_once(app)
     if output:
