@@ -15,6 +15,8 @@ Parts, each against plain Celery on the same machine, brokers and database, in t
               cost against the pending table's size (1k -> 1M rows) with its query plan
     fetch     ``bench.bench_fetch``: a kombu consumer draining Redis with kombu's fetch against
               the atomic fetch of ``celery_reliable.broker.redis_fetch``
+    import    ``bench.bench_import``: ``import celery_reliable`` against the imports any Celery app
+              with a SQLAlchemy store pays (``celery.app.task``, ``sqlalchemy.orm``, ``kombu``)
 
 The summary is printed and written to ``bench/results/summary.md``; each part's full report
 to ``bench/results/consumer.md`` and ``bench/results/publish.md`` (the directory is git-ignored).
@@ -34,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import bench_consumer, bench_fetch, bench_publish
+from bench import bench_consumer, bench_fetch, bench_import, bench_publish
 from bench.bench_memory import MemoryProbe, mib
 from bench.bench_memory import report_table as memory_table
 
@@ -288,16 +290,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-rows", type=int, default=None,
         help="largest pending table of the claim measurement (default: 1,000,000 full, 10,000 quick)",
     )  # fmt: skip
-    parser.add_argument("--parts", default="consumer,publish,fetch", help="any of consumer, publish, fetch")
+    parser.add_argument(
+        "--parts", default="consumer,publish,fetch,import", help="any of consumer, publish, fetch, import"
+    )
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument("--output", default=str(RESULTS / "summary.md"))
     args = parser.parse_args(argv)
     args.part_list = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(args.part_list) - {"consumer", "publish", "fetch"}
+    unknown = set(args.part_list) - {"consumer", "publish", "fetch", "import"}
     if unknown or not args.part_list:
-        parser.error(f"--parts: expected any of consumer, publish, fetch, got {args.parts!r}")
+        parser.error(f"--parts: expected any of consumer, publish, fetch, import, got {args.parts!r}")
     if args.max_rows is None:
         args.max_rows = 10_000 if args.quick else 1_000_000
     if args.max_rows < 1_000:
@@ -354,6 +358,20 @@ def main(argv: list[str] | None = None) -> int:
         loads.append(("after the fetch part", bench_consumer.loadavg()))
         rows += fetch_rows(fetched)
         sections += ["", "## Redis fetch: kombu's against the atomic fetch", "", bench_fetch.report(fetched)]
+    if "import" in args.part_list:
+        bench_consumer.log(f"import time ({mode})")
+        imported = bench_import.measure(7 if args.quick else 21)
+        optional = bench_import.loaded_optional()
+        rows.append(
+            Row(
+                "`import celery_reliable` (ms; optional modules loaded: " + (", ".join(optional) or "none") + ")",
+                f"{imported['subject_ms']:.0f}",
+                f"{imported['reference_ms']:.0f} (celery.app.task, sqlalchemy.orm, kombu)",
+                f"{imported['ratio']:.2f}x",
+                f"<= {bench_import.TARGET}x, no optional module",
+                imported["ratio"] <= bench_import.TARGET and not optional,
+            )
+        )
     minutes = (time.monotonic() - started) / 60
     met = [row.met for row in rows if row.met is not None]
     header = [

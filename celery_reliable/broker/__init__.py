@@ -1,0 +1,1 @@
+"""What knows a transport's wire: broker facts, the Redis list entry, the atomic fetch, quarantine, AMQP confirms."""
