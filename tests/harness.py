@@ -33,6 +33,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def reliable_cli(
+    cwd: Path, app: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``celery -A <app> reliable <args>`` as a user runs it: a process of its own in ``cwd`` (where the
+    project's module is), with only the project and this checkout on its path."""
+    return subprocess.run(
+        [PYTHON, "-m", "celery", "-A", app, "reliable", *args],
+        cwd=cwd,
+        env={"PYTHONPATH": f"{cwd}:{ROOT}", "PATH": "/usr/bin:/bin", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "") -> Any:
     """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from celery_reliable.store.migrate import head_revision
+from tests.harness import reliable_cli
 
 pytestmark = pytest.mark.integration
 
 
 def _celery(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "cliproj", "reliable", *args],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return reliable_cli(tmp_path, "cliproj", *args)
 
 
 def test_db_upgrade_and_current(tmp_path: Path) -> None:

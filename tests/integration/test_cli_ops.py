@@ -12,7 +12,6 @@ import base64
 import json
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from celery_reliable.send.publisher import reset_publisher
 from celery_reliable.store.engine import dispose
 from celery_reliable.store.models import FailedTask, PendingMessage, ProcessedTask
 from tests.conftest import drop_queue, unique_queue
+from tests.harness import reliable_cli
 
 pytestmark = pytest.mark.integration
 
@@ -535,14 +535,7 @@ def test_commands_through_the_celery_entry_point(sender: Celery, db: str, redis_
     )
 
     def celery(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "cliproj", "reliable", *args],
-            cwd=tmp_path,
-            env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return reliable_cli(tmp_path, "cliproj", *args)
 
     # Given a stored failure, a dead pending row and a due one
     failure, dead, due = seed(db, failed("t.a"), pending("dead", args=[1]), pending(args=[2]))

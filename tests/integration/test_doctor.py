@@ -27,7 +27,7 @@ from celery_reliable.ops.doctor.timeouts import check_retry_delays, check_time_l
 from celery_reliable.store.engine import dispose
 from celery_reliable.store.migrate import upgrade
 from celery_reliable.worker.consumer import ReliableConsumer
-from tests.harness import ROOT, RedisServer, wait_for
+from tests.harness import ROOT, RedisServer, reliable_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -461,14 +461,7 @@ def test_time_limits_and_retry_waits_against_the_visibility_timeout(apps: Callab
 
 
 def _celery(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "doctorproj", "reliable", *args],
-        cwd=cwd,
-        env={"PYTHONPATH": str(cwd), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return reliable_cli(cwd, "doctorproj", *args)
 
 
 # -- the quorum-queue recommendation, with a real worker ------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from celery_reliable.store.migrate import upgrade
 from celery_reliable.store.models import PendingMessage, utcnow
 from celery_reliable.store.pending import PendingValues, add_pending
 from celery_reliable.store.processed import mark_processed
-from tests.harness import ROOT
+from tests.harness import ROOT, reliable_cli
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +41,7 @@ def _project(tmp_path: Path, db_url: str) -> Celery:
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "metricsproj", "reliable", "metrics", *args],
-        cwd=tmp_path,
-        env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return reliable_cli(tmp_path, "metricsproj", "metrics", *args)
 
 
 def _values(text: str) -> dict[str, dict[str, float]]:

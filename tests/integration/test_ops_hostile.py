@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from sqlalchemy import create_engine, insert, select
 
 from celery_reliable.store.migrate import upgrade
 from celery_reliable.store.models import FailedTask, PendingMessage
-from tests.harness import ROOT
+from tests.harness import reliable_cli
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +58,7 @@ def project(tmp_path: Path, db_url: str, broker: str = "memory://", **conf: str)
 
 
 def celery(where: Path, *args: str) -> Run:
-    result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "hostileproj", "reliable", *args],
-        cwd=where,
-        env={"PYTHONPATH": f"{where}:{ROOT}", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    result = reliable_cli(where, "hostileproj", *args, timeout=90)
     return Run(args, result.returncode, result.stdout, result.stderr)
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from celery_reliable.store.migrate import upgrade
-from tests.harness import ROOT
+from tests.harness import reliable_cli
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +34,7 @@ def _project(tmp_path: Path, broker: str, db: str) -> None:
 
 
 def _verify(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    done = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "vproj", "reliable", "verify", "--json", *args],
-        cwd=tmp_path,
-        env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
+    done = reliable_cli(tmp_path, "vproj", "verify", "--json", *args, timeout=150)
     try:
         report = json.loads(done.stdout)
     except ValueError:
