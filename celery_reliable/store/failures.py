@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from ..exceptions import StoreError
 from .engine import get_sessionmaker, safe_url
+from .filters import RowFilter
 from .models import FailedTask, FailureStatus, utcnow
 from .payload import to_stored_lenient
 
@@ -129,8 +130,11 @@ def record_failure(app: Celery, record: FailureRecord) -> int:
 
 
 @dataclass(frozen=True)
-class FailureFilter:
-    """Which failed rows to select; ``None`` means any."""
+class FailureFilter(RowFilter):
+    """Which failed rows to select; ``None`` means any (the window applies to the last failure)."""
+
+    model = FailedTask
+    time_column = "last_failed_at"
 
     task_name: str | None = None
     exc_type: str | None = None
@@ -139,19 +143,9 @@ class FailureFilter:
     until: datetime | None = None
     ids: Sequence[int] | None = None
 
-    def apply(self, query: Select[Any]) -> Select[Any]:
-        if self.task_name is not None:
-            query = query.where(FailedTask.task_name == self.task_name)
+    def apply_own(self, query: Select[Any]) -> Select[Any]:
         if self.exc_type is not None:
             query = query.where(FailedTask.exc_type == self.exc_type)
-        if self.status is not None:
-            query = query.where(FailedTask.status == self.status)
-        if self.since is not None:
-            query = query.where(FailedTask.last_failed_at >= self.since)
-        if self.until is not None:
-            query = query.where(FailedTask.last_failed_at < self.until)
-        if self.ids is not None:
-            query = query.where(FailedTask.id.in_(list(self.ids)))
         return query
 
 

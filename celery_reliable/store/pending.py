@@ -15,7 +15,6 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import (
     Connection,
-    Select,
     Table,
     func,
     insert,
@@ -25,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from .failures import delete_in_batches, session_scope
+from .filters import RowFilter
 from .models import PendingMessage, PendingStatus, utcnow
 
 #: The pending table, for Core statements.
@@ -116,27 +116,17 @@ def list_pending(app: Celery, status: str | None = None, limit: int = 100) -> li
 
 
 @dataclass(frozen=True)
-class PendingFilter:
-    """Which pending rows to select; ``None`` means any."""
+class PendingFilter(RowFilter):
+    """Which pending rows to select; ``None`` means any (the window applies to when the row was written)."""
+
+    model = PendingMessage
+    time_column = "created_at"
 
     status: str | None = None
     task_name: str | None = None
     since: datetime | None = None
     until: datetime | None = None
     ids: Sequence[int] | None = None
-
-    def apply(self, query: Select[Any]) -> Select[Any]:
-        if self.status is not None:
-            query = query.where(PendingMessage.status == self.status)
-        if self.task_name is not None:
-            query = query.where(PendingMessage.task_name == self.task_name)
-        if self.since is not None:
-            query = query.where(PendingMessage.created_at >= self.since)
-        if self.until is not None:
-            query = query.where(PendingMessage.created_at < self.until)
-        if self.ids is not None:
-            query = query.where(PendingMessage.id.in_(list(self.ids)))
-        return query
 
 
 def find_pending(app: Celery, filter: PendingFilter | None = None, limit: int = 100) -> list[PendingMessage]:

@@ -20,18 +20,16 @@ from ...store.failures import (
     purge_failures,
 )
 from ...store.models import FailedTask, FailureStatus
-from .base import CleanError, app_of, echo, echo_json, json_option, reliable, reliable_errors, table
+from .base import app_of, echo, echo_json, json_option, reliable, reliable_errors
 from .options import (
-    check_task_name,
     confirm,
     dry_run_option,
     iso,
-    parse_when,
     progress,
     short_time,
-    window_options,
     yes_option,
 )
+from .rows import Rows, task_window_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,27 +50,16 @@ def filter_options(func: F) -> F:
 
 def task_filter_options(func: F) -> F:
     """``--task``, ``--exception``, ``--since``, ``--until``."""
-    func = window_options(func)
     exc_help = "Only this exception type, e.g. ValueError or requests.exceptions.Timeout."
     func = click.option("--exception", "exc_type", help=exc_help)(func)
-    return click.option("--task", "task_name", help="Only this task name.")(func)
+    return task_window_options(func)
 
 
-def make_filter(
-    app: Celery, ids: Sequence[int], *, task_name: str | None, exc_type: str | None, status: str | None = None,
-    since: str | None, until: str | None, check_task: bool = False, **_: Any,
-) -> FailureFilter:  # fmt: skip
+def make_filter(app: Celery, ids: Sequence[int], **options: Any) -> FailureFilter:
     """The filter the options describe (ids too, when given); ``check_task``: refuse an unregistered name."""
-    if check_task:
-        check_task_name(app, task_name)
-    return FailureFilter(
-        task_name=task_name,
-        exc_type=exc_type,
-        status=status,
-        since=parse_when(since, "--since"),
-        until=parse_when(until, "--until"),
-        ids=list(ids) if ids else None,
-    )
+    options.setdefault("status", None)
+    result: FailureFilter = ROWS.make_filter(app, ids, **options)
+    return result
 
 
 def failure_dict(row: FailedTask, full: bool = True) -> dict[str, Any]:
@@ -104,13 +91,24 @@ def failure_dict(row: FailedTask, full: bool = True) -> dict[str, Any]:
 def missing_ids(app: Celery, ids: Sequence[int]) -> None:
     """Refuse ids that match no row, before anything is changed."""
     if ids:
-        found = set(failure_ids(app, FailureFilter(ids=list(ids))))
-        unknown = sorted(set(ids) - found)
-        if unknown:
-            raise CleanError(
-                f"no failed task with id {', '.join(map(str, unknown))}; nothing was changed "
-                "(see celery -A proj reliable failed list)"
-            )
+        ROWS.refuse_unknown(ids, set(failure_ids(app, FailureFilter(ids=list(ids)))))
+
+
+def _cells(r: FailedTask) -> tuple[Any, ...]:
+    return r.id, r.status, r.task_name, r.exc_type, r.reason, r.attempts, short_time(r.last_failed_at), r.replay_task_id
+
+
+ROWS = Rows(
+    noun="failed task",
+    group="failed",
+    filter=FailureFilter,
+    as_dict=lambda row, full: failure_dict(row, full=full),
+    headers=("id", "status", "task", "exception", "reason", "tries", "last failed (UTC)", "replayed as"),
+    cells=_cells,
+    fetch=lambda app, selected, limit: list_failures(app, selected, limit=limit),
+    get=get_failure,
+    payloads=("args", "kwargs", "options", "raw_message"),
+)
 
 
 @failed.command(name="list", cls=CeleryCommand)
@@ -120,19 +118,7 @@ def missing_ids(app: Celery, ids: Sequence[int]) -> None:
 @click.pass_context
 def list_cmd(ctx: click.Context, /, limit: int, as_json: bool, **filters: Any) -> None:
     """List stored failures, newest first."""
-    app = app_of(ctx)
-    selected = make_filter(app, (), **filters)
-    with reliable_errors():
-        rows = list_failures(app, selected, limit=limit)
-    if as_json:
-        echo_json([failure_dict(r, full=False) for r in rows])
-        return
-    headers = ["id", "status", "task", "exception", "reason", "tries", "last failed (UTC)", "replayed as"]
-    cells = [
-        (r.id, r.status, r.task_name, r.exc_type, r.reason, r.attempts, short_time(r.last_failed_at), r.replay_task_id)
-        for r in rows
-    ]
-    echo(table(headers, cells) if rows else "no failed tasks match")
+    ROWS.list(ctx, limit, as_json, filters)
 
 
 @failed.command(cls=CeleryCommand)
@@ -141,19 +127,11 @@ def list_cmd(ctx: click.Context, /, limit: int, as_json: bool, **filters: Any) -
 @click.pass_context
 def show(ctx: click.Context, failure_id: int, as_json: bool) -> None:
     """Everything stored about one failure: arguments, options, traceback."""
-    app = app_of(ctx)
-    with reliable_errors():
-        row = get_failure(app, failure_id)
-    if row is None:
-        raise CleanError(f"no failed task with id {failure_id} (see celery -A proj reliable failed list)")
-    data = failure_dict(row)
-    if as_json:
-        echo_json(data)
+    data = ROWS.show(ctx, failure_id, as_json)
+    if data is None:
         return
     traceback = data.pop("traceback")
-    for key in ("args", "kwargs", "options", "raw_message"):
-        data[key] = json.dumps(data[key], sort_keys=True)
-    echo(table(["field", "value"], list(data.items())))
+    ROWS.show_table(data)
     echo(f"\n{traceback.rstrip()}" if traceback else "\n(no traceback stored)")
 
 

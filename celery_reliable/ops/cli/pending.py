@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -17,20 +16,18 @@ from ...store.claims import claim_rows
 from ...store.models import PendingMessage, PendingStatus
 from ...store.pending import PendingFilter, delete_pending, find_pending, get_pending, pending_ids, requeue_stuck
 from ..status import pending_statuses
-from .base import CleanError, app_of, echo, echo_json, json_option, reliable, reliable_errors, table
+from .base import app_of, echo, echo_json, json_option, reliable, reliable_errors, table
 from .options import (
-    check_task_name,
     confirm,
     dry_run_option,
     iso,
     paced,
-    parse_when,
     progress,
     rate_option,
     short_time,
-    window_options,
     yes_option,
 )
+from .rows import Rows, task_window_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,24 +42,8 @@ def pending() -> None:
 
 def filter_options(func: F) -> F:
     """``--status``, ``--task``, ``--since``, ``--until`` (on the time the row was written)."""
-    func = window_options(func)
-    func = click.option("--task", "task_name", help="Only this task name.")(func)
+    func = task_window_options(func)
     return click.option("--status", type=click.Choice(pending_statuses()), help="Only rows in this state.")(func)
-
-
-def make_filter(
-    app: Celery, ids: Sequence[int], *, status: str | None, task_name: str | None, since: str | None,
-    until: str | None, check_task: bool = False,
-) -> PendingFilter:  # fmt: skip
-    if check_task:
-        check_task_name(app, task_name)
-    return PendingFilter(
-        status=status,
-        task_name=task_name,
-        since=parse_when(since, "--since"),
-        until=parse_when(until, "--until"),
-        ids=list(ids) if ids else None,
-    )
 
 
 def pending_dict(row: PendingMessage) -> dict[str, Any]:
@@ -87,19 +68,34 @@ def pending_dict(row: PendingMessage) -> dict[str, Any]:
     }
 
 
+def _cells(r: PendingMessage) -> tuple[Any, ...]:
+    waiting = short_time(r.next_attempt_at) if r.status == PendingStatus.PENDING else None
+    error = r.last_error[:60] or None
+    return r.id, r.status, r.task_name, r.task_id, r.attempts, short_time(r.created_at), waiting, error
+
+
+ROWS = Rows(
+    noun="pending message",
+    group="pending",
+    filter=PendingFilter,
+    as_dict=lambda row, full: pending_dict(row),
+    headers=("id", "status", "task", "task id", "tries", "written (UTC)", "next try (UTC)", "last error"),
+    cells=_cells,
+    fetch=lambda app, selected, limit: find_pending(app, selected, limit=limit),
+    get=get_pending,
+    payloads=("args", "kwargs", "options"),
+)
+
+
 def select_rows(app: Celery, ids: Sequence[int], everything: bool, filters: dict[str, Any]) -> list[tuple[int, str]]:
     """(id, status) of the rows a bulk command works on; unknown ids refused before any change."""
     if not (ids or everything or any(v is not None for v in filters.values())):
         raise click.UsageError("say which rows: pending IDS, a filter (--status, --task, ...) or --all")
-    selected = make_filter(app, ids, check_task=True, **filters)
+    selected = ROWS.make_filter(app, ids, check_task=True, **filters)
     with reliable_errors():
         rows = pending_ids(app, selected)
-    unknown = sorted(set(ids) - {i for i, _ in rows}) if ids else []
-    if unknown and not any(v is not None for v in filters.values()):
-        raise CleanError(
-            f"no pending message with id {', '.join(map(str, unknown))}; nothing was changed "
-            "(see celery -A proj reliable pending list)"
-        )
+    if ids and not any(v is not None for v in filters.values()):
+        ROWS.refuse_unknown(ids, {i for i, _ in rows})
     return rows
 
 
@@ -110,20 +106,7 @@ def select_rows(app: Celery, ids: Sequence[int], everything: bool, filters: dict
 @click.pass_context
 def list_cmd(ctx: click.Context, /, limit: int, as_json: bool, **filters: Any) -> None:
     """List pending rows, oldest first."""
-    app = app_of(ctx)
-    selected = make_filter(app, (), **filters)
-    with reliable_errors():
-        rows = find_pending(app, selected, limit=limit)
-    if as_json:
-        echo_json([pending_dict(r) for r in rows])
-        return
-    headers = ["id", "status", "task", "task id", "tries", "written (UTC)", "next try (UTC)", "last error"]
-    cells = [
-        (r.id, r.status, r.task_name, r.task_id, r.attempts, short_time(r.created_at),
-         short_time(r.next_attempt_at) if r.status == PendingStatus.PENDING else None, r.last_error[:60] or None)
-        for r in rows
-    ]  # fmt: skip
-    echo(table(headers, cells) if rows else "no pending messages match")
+    ROWS.list(ctx, limit, as_json, filters)
 
 
 @pending.command(cls=CeleryCommand)
@@ -132,18 +115,9 @@ def list_cmd(ctx: click.Context, /, limit: int, as_json: bool, **filters: Any) -
 @click.pass_context
 def show(ctx: click.Context, pending_id: int, as_json: bool) -> None:
     """Everything stored about one pending message."""
-    app = app_of(ctx)
-    with reliable_errors():
-        row = get_pending(app, pending_id)
-    if row is None:
-        raise CleanError(f"no pending message with id {pending_id} (see celery -A proj reliable pending list)")
-    data = pending_dict(row)
-    if as_json:
-        echo_json(data)
-        return
-    for key in ("args", "kwargs", "options"):
-        data[key] = json.dumps(data[key], sort_keys=True)
-    echo(table(["field", "value"], list(data.items())))
+    data = ROWS.show(ctx, pending_id, as_json)
+    if data is not None:
+        ROWS.show_table(data)
 
 
 def resend(app: Celery, ids: Sequence[int]) -> RelayStats:
