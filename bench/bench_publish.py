@@ -516,7 +516,7 @@ class Bench:
     # -- 5: claim cost against the table size -----------------------------------------------------
 
     def claim_section(self) -> None:
-        from celery_reliable.store import pending
+        from celery_reliable.store import claims as pending
 
         args = self.args
         app = make_app("claim", self.redis.url, self.queue, db_url=self.store.url)
@@ -664,11 +664,11 @@ class Bench:
 
 #: The relay's steps in a profile: (label, file, function).
 STEPS = (
-    ("claim: `claim_rows` (one UPDATE ... RETURNING per batch)", "store/pending.py", "claim_rows"),
-    ("send: `send_rows` (all below)", "celery_reliable/relay.py", "send_rows"),
-    ("  read the stored entries: `Entry.from_stored`", "redis_wire.py", "from_stored"),
-    ("  write them: `redis_wire.write` (delivery tag, one pipeline of LPUSHes)", "redis_wire.py", "write"),
-    ("  mark the rows sent: `mark_sent` (one UPDATE per batch)", "store/pending.py", "mark_sent"),
+    ("claim: `claim_rows` (one UPDATE ... RETURNING per batch)", "store/claims.py", "claim_rows"),
+    ("send: `send_rows` (all below)", "send/relay.py", "send_rows"),
+    ("  check the rows and their stored entries: `RowChecks`", "send/relay_check.py", "stored_entry"),
+    ("  write them: `redis_wire.write_each` (delivery tag, one pipeline of LPUSHes)", "redis_wire.py", "write_each"),
+    ("  mark the rows sent: `mark_sent` (one UPDATE per batch)", "store/claims.py", "mark_sent"),
     ("waiting for PostgreSQL (psycopg `wait`, in the claim and the mark)", "psycopg/connection.py", "wait"),
     ("waiting for Redis (socket reads of the pipeline's replies)", "redis/connection.py", "read_response"),
     ("decoding JSON (the `options` column, by psycopg)", "json/__init__.py", "loads"),
@@ -694,7 +694,7 @@ def explain_claim(engine: Engine, limit: int, after_id: int | None = None) -> li
     """EXPLAIN (ANALYZE, BUFFERS) of the relay's claim statement, rolled back."""
     from sqlalchemy.dialects import postgresql
 
-    from celery_reliable.store import pending
+    from celery_reliable.store import claims as pending
     from celery_reliable.store.models import utcnow
 
     now = utcnow()
