@@ -99,6 +99,24 @@ class ReliableSettings:
             "Redis: seconds between sweeps that give back messages of dead workers.", seconds(DAY, low_open=True)
         ),
     )
+    worker_heartbeat: float | None = field(
+        default=1.0,
+        metadata=doc(
+            "Redis, with the atomic fetch: seconds between the heartbeats of each worker's main process. The "
+            "messages a dead worker held go back to their queues about three beats after it died (its connections "
+            "are gone), not after the visibility timeout. None: off.",
+            seconds(60.0, low_open=True),
+        ),
+    )
+    worker_lost_after: float = field(
+        default=60.0,
+        metadata=doc(
+            "Redis: a worker whose heartbeat is this many seconds old counts as lost even though a connection of "
+            "its name is still open (a host that vanished leaves half-open connections), or when the server refuses "
+            "CLIENT LIST; its messages go back to their queues.",
+            seconds(DAY, low_open=True),
+        ),
+    )
     redis_atomic_fetch: bool = field(
         default=True,
         metadata=doc(

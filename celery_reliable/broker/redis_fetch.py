@@ -48,6 +48,7 @@ from redis.exceptions import NoScriptError
 
 from .facts import ATOMIC_FETCH_TRANSPORTS
 from .redis_envelope import Undeliverable, parse
+from .redis_liveness import held_key
 from .redis_quarantine import MAX_TAKES, MAX_TAKES_TRACKED, TAKES_KEY, FetchQoS, Quarantine, QuarantineHandler, lua
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,20 @@ class AtomicFetch(Quarantine):
     #: the delivery tag of the message being delivered (see FetchQoS.append)
     _taken_tag: str | None = None
 
+    @property
+    def worker_id(self) -> str | None:
+        """The id of the worker this channel fetches for (set on the connection by the worker's
+        consumer; see :mod:`.redis_liveness`), or None: messages taken are not tracked per worker."""
+        client = getattr(self.connection, "client", None)
+        value = getattr(client, "reliable_worker_id", None)
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def held_key(self) -> str | None:
+        """The worker's held set (unprefixed, as kombu's client prefixes it), or None."""
+        worker_id = self.worker_id
+        return held_key(worker_id) if worker_id else None
+
     def _decide(self) -> bool:
         """Atomic fetch if this Redis can do it (asked once per channel)."""
         if self._atomic is None:
@@ -176,9 +191,9 @@ class AtomicFetch(Quarantine):
         commands = [
             ("BLMOVE", keys[waited], keys[0], "RIGHT", "LEFT", f"{wait:g}"),
             (
-                "EVALSHA", self._take_sha, 2 * len(keys) + 3, *keys, *quarantines,
+                "EVALSHA", self._take_sha, 2 * len(keys) + 4, *keys, *quarantines,
                 prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + TAKES_KEY,
-                repr(time()), self._fetch_id,
+                prefix + (self.held_key or held_key("")), repr(time()), self._fetch_id, self.worker_id or "",
             ),
         ]  # fmt: skip
         connection = self.client.connection
@@ -299,6 +314,8 @@ class FetchConnection(Connection):
 
     #: Stores an entry of a queue that is not a deliverable message (set by the worker's consumer).
     reliable_quarantine_handler: QuarantineHandler | None = None
+    #: The id of the worker consuming on this connection (see :mod:`.redis_liveness`).
+    reliable_worker_id: str | None = None
 
     def switch(self, conn_str: str) -> None:
         super().switch(conn_str)

@@ -107,6 +107,12 @@ class FetchQoS(kombu_redis.QoS):
             client.hdel(TAKES_KEY, delivery_tag)
         virtual.QoS.append(self, message, delivery_tag)
 
+    def _remove_from_indices(self, delivery_tag: Any, pipe: Any = None) -> Any:
+        """kombu's removal from ``unacked`` (ack, reject, restore), and from the worker's held set."""
+        pipe = super()._remove_from_indices(delivery_tag, pipe)  # type: ignore[misc]
+        held = getattr(self.channel, "held_key", None)
+        return pipe.srem(held, delivery_tag) if held else pipe
+
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         """kombu's restore of an unacknowledged message, for records it cannot restore.
 

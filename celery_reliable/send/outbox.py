@@ -89,6 +89,13 @@ def outbox(target: Session | Connection, app: Celery | None = None) -> Outbox:
     return Outbox(app, target)
 
 
+def post_commit_lease(publish_timeout: float) -> float:
+    """How long the post-commit send holds its rows: its own bound (connect, then send or confirm,
+    each within ``reliable_publish_timeout``) and a second. A producer that dies while sending
+    leaves its rows to the relay this soon, not after the relay's own (longer) lease."""
+    return 2 * publish_timeout + 1.0
+
+
 def publish_staged(app: Celery, ids: list[int]) -> int:
     """Send committed outbox rows now (the post-commit fast path); returns how many were sent.
 
@@ -98,7 +105,7 @@ def publish_staged(app: Celery, ids: list[int]) -> int:
 
     try:
         settings = get_settings(app)
-        token, rows = claim(app, limit=len(ids), lease=settings.relay_lease, ids=ids)
+        token, rows = claim(app, limit=len(ids), lease=post_commit_lease(settings.publish_timeout), ids=ids)
         if not rows:
             return 0
         return send_rows(app, token, rows).sent

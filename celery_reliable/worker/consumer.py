@@ -24,6 +24,7 @@ from kombu.message import Message
 
 from .. import events
 from ..broker.redis_fetch import fetch_connection
+from ..broker.redis_liveness import new_worker_id
 from ..config import get_settings
 from ..exceptions import StoreError
 from ..store.failures import FailureRecord
@@ -90,7 +91,17 @@ class ReliableConsumer(Consumer):
             return super().connection_for_read(heartbeat)
         connection = fetch_connection(self.app.connection_for_read(heartbeat=heartbeat), transport)
         connection.reliable_quarantine_handler = self.store_quarantined
+        if get_settings(self.app).worker_heartbeat is not None:
+            connection.reliable_worker_id = self.reliable_worker_id  # what it takes is tracked (liveness)
         return self.ensure_connected(connection)
+
+    @property
+    def reliable_worker_id(self) -> str:
+        """This worker's id on the broker (its heartbeat and held set), kept across reconnections."""
+        worker_id: str | None = self.__dict__.get("_reliable_worker_id")
+        if worker_id is None:
+            worker_id = self.__dict__["_reliable_worker_id"] = new_worker_id()
+        return worker_id
 
     # -- storing -------------------------------------------------------------------------
 

@@ -55,9 +55,11 @@ def install(app: Celery) -> ReliableSettings:
     from .bootstep import ReliableWorkerStep
 
     app.steps["worker"].add(ReliableWorkerStep)
+    from .liveness import Liveness
     from .sweep import RestoreSweep
 
     app.steps["consumer"].add(RestoreSweep)
+    app.steps["consumer"].add(Liveness)
     _connect_receivers()
     return settings
 

@@ -9,11 +9,14 @@ after ``reliable_outbox_grace``, exactly once.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -208,6 +211,98 @@ def test_producer_killed_between_commit_and_send_is_relayed_once(
     time.sleep(0.5)
     assert effects(scenario) == {key: [task_id]}
     assert [(r.task_id, r.status) for r in pending_rows(scenario.db.url)] == [(task_id, "sent")]
+
+
+SENDING_PRODUCER = """
+import os
+from celery import Celery
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+from celery_reliable import outbox
+from tests.apps.effects import Attempt
+
+# the broker answers TCP but never replies: the post-commit send hangs after claiming its row
+app = Celery("sending-producer", broker=os.environ["RT_BROKER"], set_as_current=False)
+app.conf.update(reliable_database_url=os.environ["RT_DB"], task_default_queue=os.environ["RT_QUEUE"])
+engine = create_engine(os.environ["RT_DB"])
+with Session(engine) as session:
+    session.add(Attempt(key=os.environ["RT_KEY"] + "-order", count=1))
+    print(outbox(session, app).send("t.ok", [os.environ["RT_KEY"]]), flush=True)
+    session.commit()
+print("sent", flush=True)
+"""
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers (a broker hung mid-send); its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+@pytest.mark.fault
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_producer_killed_during_its_post_commit_send_leaves_the_row_to_the_relay_in_seconds(
+    apps: AppFactory, tmp_path: Path, redis_url: str, postgres_db: str, request: pytest.FixtureRequest
+) -> None:
+    scenarios = make_scenario(request, redis_url, postgres_db, tmp_path)
+    scenario = next(scenarios)
+    try:
+        with silent_server() as port:
+            script = tmp_path / "producer.py"
+            script.write_text(SENDING_PRODUCER)
+            env = dict(os.environ, PYTHONPATH=str(ROOT), RT_BROKER=f"redis://127.0.0.1:{port}/0",
+                       RT_DB=scenario.db.url, RT_QUEUE=scenario.queue, RT_KEY="crash-sending")  # fmt: skip
+            # Given a producer (library defaults) whose post-commit send hangs after claiming its row
+            proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+            try:
+                wait_for(lambda: [r.status for r in pending_rows(scenario.db.url)] == ["claimed"], 30,
+                         what="the post-commit send holding its row")  # fmt: skip
+                # When the producer is SIGKILLed in the middle of that send
+                proc.kill()
+                proc.wait(timeout=10)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=10)
+        (row,) = pending_rows(scenario.db.url)
+        held = (row.lease_expires_at - datetime.now(timezone.utc)).total_seconds()
+        # Then the row is held only as long as the send could last (2 x publish_timeout + 1 = 11 s),
+        # not the relay's lease (60 s), and the relay then sends it once
+        assert 0 < held <= 11.5, held
+        relay = apps(scenario.broker_url, scenario.db.url, scenario.queue)
+        assert relay_once(relay).claimed == 0
+        time.sleep(held + 0.3)
+        assert (relay_once(relay).sent, relay_once(relay).claimed) == (1, 0)
+        scenario.worker()
+        wait_for(lambda: effects(scenario).get("crash-sending"), 30, what="the relayed message ran")
+        scenario.wait_empty()
+        assert effects(scenario) == {"crash-sending": [row.task_id]}
+    finally:
+        scenarios.close()
 
 
 @pytest.mark.redis

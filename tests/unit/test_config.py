@@ -112,7 +112,7 @@ def _bounds(name: str) -> Bounds:
 
 
 def test_every_numeric_setting_is_covered() -> None:
-    assert len(NUMERIC) == 21 and "relay_batch_size" in NUMERIC and "cleanup_interval" in NUMERIC
+    assert len(NUMERIC) == 23 and {"relay_batch_size", "cleanup_interval", "worker_heartbeat"} <= set(NUMERIC)
 
 
 def _too_big(name: str) -> object:

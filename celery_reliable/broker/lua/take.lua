@@ -1,14 +1,16 @@
 -- The atomic fetch's take (celery_reliable.broker.redis_fetch); MAX_TAKES and MAX_TAKES_TRACKED are
 -- replaced by their values when the script is loaded.
 -- KEYS: the n lists in the order to take from (stage lists first), the quarantine list of each,
--- then the unacked hash and index and the takes hash. ARGV[1]: the time to index the delivery
--- under; ARGV[2]: the id to quarantine an entry under. Returns {key number, entry, 1, tag} for a
--- message taken and recorded, {key number, entry, 0 (cannot be delivered) or 2 (taken MAX_TAKES
--- times), ''} for an entry moved to the quarantine list, or nil. The hash value is built around
--- the raw entry (never re-encoded), exactly as ``json.dumps([message, exchange, routing_key])``
--- would.
-local n = (#KEYS - 3) / 2
+-- then the unacked hash and index, the takes hash and the worker's held set (redis_liveness).
+-- ARGV[1]: the time to index the delivery under; ARGV[2]: the id to quarantine an entry under;
+-- ARGV[3]: the worker's id ('' for none: no held set).
+-- Returns {key number, entry, 1, tag} for a message taken and recorded, {key number, entry, 0
+-- (cannot be delivered) or 2 (taken MAX_TAKES times), ''} for an entry moved to the quarantine
+-- list, or nil. The hash value is built around the raw entry (never re-encoded), exactly as
+-- ``json.dumps([message, exchange, routing_key])`` would.
+local n = (#KEYS - 4) / 2
 local takes = KEYS[2 * n + 3]
+local held = KEYS[2 * n + 4]
 for i = 1, n do
   local raw = redis.call('RPOP', KEYS[i])
   if raw then
@@ -29,6 +31,9 @@ for i = 1, n do
           redis.call('ZADD', KEYS[2 * n + 2], ARGV[1], tag)
           redis.call('HSET', KEYS[2 * n + 1], tag,
             '[' .. raw .. ', ' .. cjson.encode(info.exchange) .. ', ' .. cjson.encode(info.routing_key) .. ']')
+          if ARGV[3] ~= '' then
+            redis.call('SADD', held, tag)
+          end
           return {i, raw, 1, tag}
         end
         redis.call('HDEL', takes, tag)

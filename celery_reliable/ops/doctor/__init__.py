@@ -73,8 +73,9 @@ def _broker(app: Celery) -> list[Result]:
         results = [Result("broker.connection", Status.PASS, f"connected to {shown}")]
         try:
             if scheme in REDIS_SCHEMES:
-                wait_replicas = int(getattr(get_settings(app), "redis_wait_replicas", 0))
-                results += redis.run(channel.client, wait_replicas, atomic_fetch_off(app))
+                settings = get_settings(app)
+                recovery = (settings.worker_heartbeat, settings.worker_lost_after)
+                results += redis.run(channel.client, settings.redis_wait_replicas, atomic_fetch_off(app), recovery)
             else:
                 results += rabbitmq.run(app, connection.connection)
         except Exception as exc:  # the connection dropped mid-way, a command refused: report, go on

@@ -246,8 +246,41 @@ def check_fetch(facts: RedisFacts, fetch_off: str | None) -> Result:
     )
 
 
-def run(client: Any, wait_replicas: int = 0, fetch_off: str | None = None) -> list[Result]:
-    """Every Redis check against one server."""
+def check_recovery(client: Any, fetch_off: str | None, heartbeat: float | None, lost_after: float) -> Result:
+    """How soon the messages of a worker killed outright come back (see broker/redis_liveness)."""
+    from ...broker import redis_liveness as live
+
+    if fetch_off is not None or heartbeat is None:
+        why = "reliable_worker_heartbeat is None" if heartbeat is None else "workers fetch the way kombu does"
+        return Result(
+            "redis.recovery",
+            Status.WARN,
+            f"{why}: the messages a worker held when it was killed come back only after the visibility timeout",
+            "keep reliable_worker_heartbeat (1 s) and the atomic fetch (redis.fetch above)",
+        )
+    if live.connected_workers(client) is None:
+        return Result(
+            "redis.recovery",
+            Status.WARN,
+            f"the server refuses CLIENT LIST: a killed worker is seen only after its heartbeat is "
+            f"{lost_after:g} s old (reliable_worker_lost_after), not after {live.FAST_LAPSE_BEATS} beats",
+            "allow CLIENT LIST for the broker user (ACL +client|list), or lower reliable_worker_lost_after",
+        )
+    return Result(
+        "redis.recovery",
+        Status.PASS,
+        f"a killed worker's messages go back to their queues about {live.FAST_LAPSE_BEATS * heartbeat:g} s after it "
+        "died (heartbeats, connections seen with CLIENT LIST)",
+    )
+
+
+def run(
+    client: Any,
+    wait_replicas: int = 0,
+    fetch_off: str | None = None,
+    recovery: tuple[float | None, float] | None = None,
+) -> list[Result]:
+    """Every Redis check against one server; ``recovery``: (reliable_worker_heartbeat, reliable_worker_lost_after)."""
     facts = read_facts(client)
     results = [
         check_persistence(facts),
@@ -255,5 +288,6 @@ def run(client: Any, wait_replicas: int = 0, fetch_off: str | None = None) -> li
         check_maxmemory_policy(facts),
         check_replicas(facts, wait_replicas),
         check_fetch(facts, fetch_off),
+        check_recovery(client, fetch_off, *recovery) if recovery is not None else None,
     ]
     return [r for r in results if r is not None]
