@@ -12,6 +12,7 @@ database (db 13) with a queue of their own; the median run of each is compared.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -23,6 +24,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from celery_reliable.broker.redis_fetch import TRANSPORT
+from celery_reliable.broker.redis_liveness import held_key
 
 VARIANTS = {"kombu": "redis", "atomic": TRANSPORT}
 #: Redis database of this benchmark (tests use 11, the other benchmarks 12).
@@ -59,6 +61,7 @@ def drain(url: str, variant: str, n: int) -> Run:
     client = redis.Redis.from_url(url)
     _fill(url, queue, n)
     got = 0
+    worker_id = f"bench-fetch-{os.getpid()}"
 
     def on_message(body: Any, message: Any) -> None:
         nonlocal got
@@ -67,6 +70,8 @@ def drain(url: str, variant: str, n: int) -> Run:
 
     try:
         with Connection(url, transport=VARIANTS[variant]) as conn:
+            if variant == "atomic":  # what a worker's consumer does: each message held is tracked (liveness)
+                conn.reliable_worker_id = worker_id  # type: ignore[attr-defined]
             with conn.Consumer(queue, callbacks=[on_message], accept=["json"]):
                 cpu = _redis_cpu(client)
                 started = time.perf_counter()
@@ -82,7 +87,7 @@ def drain(url: str, variant: str, n: int) -> Run:
             raise RuntimeError(f"{variant}: {got} of {n} messages consumed")
         return Run(variant, n, seconds, used)
     finally:
-        client.delete(name, f"_kombu.binding.{name}")
+        client.delete(name, f"_kombu.binding.{name}", held_key(worker_id))
         client.close()
 
 
