@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, MetaData, String, Text, text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, MetaData, String, Text, false, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -244,15 +244,18 @@ class PendingStatus:
 
     PENDING = "pending"  #: waiting to be sent (staged in an outbox, or a send that failed)
     CLAIMED = "claimed"  #: leased by a relay pass or the post-commit fast path
-    SENT = "sent"  #: the broker has it (kept for ``reliable_pending_retention``, then deleted)
+    SENT = "sent"  #: the broker has it; a tracked row waits here for its task's outcome
+    DONE = "done"  #: its task completed, or its failure was stored (kept for ``reliable_pending_retention``)
     DEAD = "dead"  #: failed ``reliable_relay_max_attempts`` times: a person must act
     EXPIRED = "expired"  #: its ``expires`` passed before it could be sent
     INVALID = "invalid"  #: cannot be sent as stored (corrupt payload, unregistered task)
     NEEDS_ACTION = (DEAD, INVALID)
+    #: the broker took it (and, for ``done``, its task reached an outcome)
+    DELIVERED = (SENT, DONE)
 
 
 _OPEN = text("status IN ('pending', 'claimed')")
-_SENT = text("status = 'sent'")
+_DELIVERED = text("status IN ('sent', 'done')")
 
 
 class PendingMessage(Base):
@@ -283,11 +286,19 @@ class PendingMessage(Base):
     #: the message as built for the broker (kombu's JSON envelope without the per-send
     #: properties), so the relay sends it without building it again; NULL: built when sent
     message: Mapped[str | None] = mapped_column(SafeText(), nullable=True)
+    #: sent with a delivery tag of its own (a message built ahead, Redis): the relay can look for it in the
+    #: broker, and resends it if the broker lost it before its task reached an outcome (the ledger)
+    tracked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: when the worker recorded the task's outcome (completed, or its failure stored)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
         # partial where the database has them: claims walk unsent rows only
         Index("ix_celery_reliable_pending_message_open", "id", postgresql_where=_OPEN, sqlite_where=_OPEN),
-        Index("ix_celery_reliable_pending_message_sent_at", "sent_at", postgresql_where=_SENT, sqlite_where=_SENT),
+        Index(
+            "ix_celery_reliable_pending_message_sent_at", "sent_at",
+            postgresql_where=_DELIVERED, sqlite_where=_DELIVERED,
+        ),
     )
 
 

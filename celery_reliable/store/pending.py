@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -91,11 +92,13 @@ def _insert(target: Session | Connection, rows: list[dict[str, Any]]) -> list[in
 
 
 def purge_sent(app: Celery, older_than: float, batch: int = 5000) -> int:
-    """Delete sent rows older than ``older_than`` seconds, in batches."""
+    """Delete delivered rows sent more than ``older_than`` seconds ago, in batches: done ones, and
+    sent ones the ledger does not track (a tracked sent row waits for its task's outcome)."""
     cutoff = utcnow() - timedelta(seconds=older_than)
+    finished = or_(PendingMessage.status == PendingStatus.DONE, PendingMessage.tracked.is_(False))
     return delete_in_batches(
-        app, PendingMessage.id, PendingMessage.status == PendingStatus.SENT, PendingMessage.sent_at < cutoff,
-        batch=batch,
+        app, PendingMessage.id, PendingMessage.status.in_(PendingStatus.DELIVERED), finished,
+        PendingMessage.sent_at < cutoff, batch=batch,
     )  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from .rows import Rows, task_window_options
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: States a resend leaves alone: the broker has the message, or it must not run any more.
-NOT_RESENT = (PendingStatus.SENT, PendingStatus.EXPIRED)
+NOT_RESENT = (*PendingStatus.DELIVERED, PendingStatus.EXPIRED)
 
 
 @reliable.group()

@@ -138,7 +138,7 @@ def pending(app: Celery, query: Query) -> list[dict[str, Any]]:
     """Pending rows, oldest first: every unsent one by default, one status, or all of them."""
     statement = select(PendingMessage).order_by(PendingMessage.id).limit(query.limit)
     if query.pending_status == "":
-        statement = statement.where(PendingMessage.status != PendingStatus.SENT)
+        statement = statement.where(PendingMessage.status.notin_(PendingStatus.DELIVERED))
     elif query.pending_status != ALL:
         statement = statement.where(PendingMessage.status == query.pending_status)
     with session_scope(app) as session:

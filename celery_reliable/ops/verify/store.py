@@ -63,7 +63,7 @@ def count_rows(app: Celery, run_id: str, prefix: str) -> RowCounts:
     counts = RowCounts(effects=count_effects(app, run_id), failures=count_failures(app, prefix))
     with session_scope(app) as session:
         unsent = select(PendingMessage.status, func.count()).where(
-            _ours(PendingMessage.task_id, prefix), PendingMessage.status != PendingStatus.SENT
+            _ours(PendingMessage.task_id, prefix), PendingMessage.status.notin_(PendingStatus.DELIVERED)
         )
         counts.pending = Counter({str(s): int(n) for s, n in session.execute(unsent.group_by(PendingMessage.status))})
         processed = select(func.count()).select_from(ProcessedTask).where(_ours(ProcessedTask.task_id, prefix))
