@@ -141,7 +141,7 @@ def test_summary_counts_every_table(any_db_url: str) -> None:
     app = make_app(any_db_url, reliable_relay_interval=5.0)
     try:
         empty = summary(app)
-        assert empty.pending == dict.fromkeys(("pending", "claimed", "sent", "dead", "expired", "invalid"), 0)
+        assert empty.pending == dict.fromkeys(("pending", "claimed", "sent", "done", "dead", "expired", "invalid"), 0)
         assert (empty.oldest_pending_age, empty.failed_by_task, empty.failed_by_exception) == (None, {}, {})
         assert (empty.replayed, empty.processed_ids, empty.attention) == (0, 0, [])
         seed(
@@ -149,7 +149,7 @@ def test_summary_counts_every_table(any_db_url: str) -> None:
             failed("t.a", "ValueError"), failed("t.a", "ValueError"), failed("t.b", "KeyError"),
             failed("t.a", "KeyError", status="replayed"), failed("t.b", "OSError", status="replaying"),
             pending(age=1000), pending(age=10), pending("claimed", age=20), pending("dead", age=5000),
-            *[pending("sent", age=9000) for _ in range(4)], pending("expired"),
+            *[pending("sent", age=9000) for _ in range(4)], pending("done", age=9000), pending("expired"),
             ProcessedTask(task_id="p1", task_name="t.a"), ProcessedTask(task_id="p2", task_name="t.a"),
         )  # fmt: skip
         # When it is summarised
@@ -157,7 +157,7 @@ def test_summary_counts_every_table(any_db_url: str) -> None:
     finally:
         dispose(app)
     # Then each count is exact, and the oldest age is that of the oldest unsent row (not the sent ones)
-    assert s.pending == {"pending": 2, "claimed": 1, "sent": 4, "dead": 1, "expired": 1, "invalid": 0}
+    assert s.pending == {"pending": 2, "claimed": 1, "sent": 4, "done": 1, "dead": 1, "expired": 1, "invalid": 0}
     assert s.oldest_pending_age is not None and 999 <= s.oldest_pending_age < 1100
     assert s.failed_by_task == {"t.a": 2, "t.b": 1}
     assert s.failed_by_exception == {"ValueError": 2, "KeyError": 1}

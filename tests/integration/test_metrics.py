@@ -89,10 +89,10 @@ def _check_values(found: dict[str, dict[str, float]]) -> None:
     assert found["celery_reliable_failed_task_rows"] == {"failed": 2.0, "replaying": 0.0, "replayed": 1.0}
     assert found["celery_reliable_replayed_tasks"] == {"": 1.0}
     assert found["celery_reliable_pending_messages"] == {
-        "pending": 2.0, "claimed": 0.0, "sent": 1.0, "dead": 1.0, "expired": 0.0, "invalid": 0.0,
+        "pending": 2.0, "claimed": 0.0, "sent": 1.0, "done": 0.0, "dead": 1.0, "expired": 0.0, "invalid": 0.0,
     }  # fmt: skip
     assert found["celery_reliable_pending_send_failures"] == {
-        "pending": 2.0, "claimed": 0.0, "sent": 0.0, "dead": 5.0, "expired": 0.0, "invalid": 0.0,
+        "pending": 2.0, "claimed": 0.0, "sent": 0.0, "done": 0.0, "dead": 5.0, "expired": 0.0, "invalid": 0.0,
     }  # fmt: skip
     assert 10.0 <= found["celery_reliable_oldest_pending_age_seconds"][""] < 60.0
     assert found["celery_reliable_processed_task_ids"] == {"": 3.0}
