@@ -35,10 +35,7 @@ def _time(code: str) -> float:
 
 def loaded_optional() -> list[str]:
     """The optional modules present in ``sys.modules`` after ``import celery_reliable``."""
-    code = (
-        f"{SUBJECT}; import sys, json; "
-        f"print(json.dumps(sorted(m for m in {list(OPTIONAL)!r} if m in sys.modules)))"
-    )
+    code = f"{SUBJECT}; import sys, json; print(json.dumps(sorted(m for m in {list(OPTIONAL)!r} if m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return list(json.loads(out))
 

@@ -78,8 +78,7 @@ def __getattr__(name: str) -> Any:
         if extra is None or (exc.name or "").startswith(__name__):
             raise
         raise ImportError(
-            f"celery_reliable.{name} needs {exc.name}, which is not installed: "
-            f"pip install 'celery_reliable[{extra}]'"
+            f"celery_reliable.{name} needs {exc.name}, which is not installed: pip install 'celery_reliable[{extra}]'"
         ) from exc
     value = getattr(module, attribute)
     globals()[name] = value

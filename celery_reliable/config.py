@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 
 from .exceptions import ImproperlyConfigured
-from .settings_rules import DAY, POLICY_BOUNDS, Bounds, accepted, bad, count, doc, seconds
+from .settings_rules import DAY, POLICY_BOUNDS, Bounds, accepted, bad, coerce, count, doc, seconds
 from .settings_rules import PREFIX as PREFIX
 
 #: Task names or fnmatch patterns (``billing.*``).
@@ -39,9 +39,7 @@ class ReliableSettings:
     )
     max_retries: int = field(
         default=5,
-        metadata=doc(
-            "Retries of a failing task (and of a lost worker) before the failure is stored.", count(0, 1000)
-        ),
+        metadata=doc("Retries of a failing task (and of a lost worker) before the failure is stored.", count(0, 1000)),
     )
     retry_backoff: float = field(
         default=2.0,
@@ -81,9 +79,7 @@ class ReliableSettings:
     )
     idempotency_retention: float = field(
         default=7 * 24 * 3600.0,
-        metadata=doc(
-            "How long completed task ids are kept, seconds (longer than any redelivery).", seconds(365 * DAY)
-        ),
+        metadata=doc("How long completed task ids are kept, seconds (longer than any redelivery).", seconds(365 * DAY)),
     )
     visibility_timeout: float = field(
         default=600.0,
@@ -115,6 +111,32 @@ class ReliableSettings:
             "its name is still open (a host that vanished leaves half-open connections), or when the server refuses "
             "CLIENT LIST; its messages go back to their queues.",
             seconds(DAY, low_open=True),
+        ),
+    )
+    reconcile_after: float | None = field(
+        default=60.0,
+        metadata=doc(
+            "Redis: seconds after which the relay looks in the broker for a message sent from the pending table "
+            "(the outbox) whose task has no outcome yet, and sends it again, same task id, if the broker lost it "
+            "(a crash without persistence, a failover, a flush). None: off.",
+            seconds(DAY, low_open=True),
+        ),
+    )
+    reconcile_rabbitmq_after: float | None = field(
+        default=None,
+        metadata=doc(
+            "RabbitMQ (a queue that cannot be searched by id): seconds after which a message sent from the pending "
+            "table whose task has no outcome yet is sent again, same task id, without looking in the broker. A "
+            "message still waiting in a queue that long then runs twice (an idempotent task skips it): set it well "
+            "above the longest wait of your queues. None (the default): off.",
+            seconds(30 * DAY, low_open=True),
+        ),
+    )
+    outbox_only: bool = field(
+        default=False,
+        metadata=doc(
+            "Declare that every message of this app is sent through the outbox (or publish()'s pending table) with "
+            "the delivery ledger on: the doctor then counts a Redis without persistence as a delay, not a loss."
         ),
     )
     redis_atomic_fetch: bool = field(
@@ -299,43 +321,6 @@ FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in fields(ReliableS
 _cache: weakref.WeakKeyDictionary[Celery, ReliableSettings] = weakref.WeakKeyDictionary()
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Check ``value`` against the declared type of ``name``; return it in canonical form."""
-    f = FIELDS[name]
-    kind = str(f.type)
-    ok: bool
-    if kind == "bool":
-        ok = isinstance(value, bool)
-    elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind in ("float", "float | None"):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok:
-            value = float(value)
-    elif kind == "str":
-        ok = isinstance(value, str) and bool(value)
-    elif kind == "tuple[str, ...]":
-        if isinstance(value, str):
-            value = (value,)
-        ok = isinstance(value, list | tuple) and all(isinstance(v, str) and re.fullmatch(r"[\w.]+", v) for v in value)
-        if ok:
-            value = tuple(value)
-    elif kind == "TaskPatterns":
-        if isinstance(value, str):
-            value = (value,)
-        pattern = r"[\w.*?\[\]!:-]+"
-        ok = isinstance(value, list | tuple) and all(isinstance(v, str) and re.fullmatch(pattern, v) for v in value)
-        if ok:
-            value = tuple(value)
-    else:  # mapping
-        ok = isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
-        if ok:
-            value = {k: dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
-    if not ok:
-        raise bad(name, value, accepted(f))
-    return value
-
-
 def _configured_keys(app: Celery) -> dict[str, str]:
     """Map setting name -> the key it was found under, for every ``reliable_*`` key the user set."""
     namespace = (getattr(app, "namespace", None) or "").upper()
@@ -371,7 +356,7 @@ def load_settings(app: Celery) -> ReliableSettings:
             if "None" in str(FIELDS[name].type):
                 values[name] = None
             continue
-        values[name] = _coerce(name, value)
+        values[name] = coerce(FIELDS[name], name, value)
     return ReliableSettings(**values)
 
 

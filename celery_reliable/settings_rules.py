@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +77,6 @@ POLICY_BOUNDS = {
 }
 
 
-
 TYPE_NAMES = {
     "str": "a string",
     "int": "an integer",
@@ -106,3 +107,39 @@ def accepted(f: dataclasses.Field[Any]) -> str:
     if bounds is None:
         return describe_type(f)
     return bounds.words(str(f.type) == "int") + (", or None" if "None" in str(f.type) else "")
+
+
+def coerce(f: dataclasses.Field[Any], name: str, value: Any) -> Any:
+    """Check ``value`` against the declared type of field ``f`` (setting ``name``); return it in canonical form."""
+    kind = str(f.type)
+    ok: bool
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind in ("float", "float | None"):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif kind == "str":
+        ok = isinstance(value, str) and bool(value)
+    elif kind == "tuple[str, ...]":
+        if isinstance(value, str):
+            value = (value,)
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) and re.fullmatch(r"[\w.]+", v) for v in value)
+        if ok:
+            value = tuple(value)
+    elif kind == "TaskPatterns":
+        if isinstance(value, str):
+            value = (value,)
+        pattern = r"[\w.*?\[\]!:-]+"
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) and re.fullmatch(pattern, v) for v in value)
+        if ok:
+            value = tuple(value)
+    else:  # mapping
+        ok = isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+        if ok:
+            value = {k: dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
+    if not ok:
+        raise bad(name, value, accepted(f))
+    return value

@@ -229,7 +229,9 @@ def run(redis: DurableRedis, worker: Worker, workdir: Path) -> int:
         )
         not_sent = int(
             session.scalar(
-                select(func.count()).select_from(PendingMessage).where(PendingMessage.status != PendingStatus.SENT)
+                select(func.count())
+                .select_from(PendingMessage)
+                .where(PendingMessage.status.not_in((PendingStatus.SENT, PendingStatus.DONE)))
             )
             or 0
         )

@@ -47,9 +47,11 @@ from kombu.transport import redis as kombu_redis
 from redis.exceptions import NoScriptError
 
 from .facts import ATOMIC_FETCH_TRANSPORTS
+from .lua import script
 from .redis_envelope import Undeliverable, parse
 from .redis_liveness import held_key
-from .redis_quarantine import MAX_TAKES, MAX_TAKES_TRACKED, TAKES_KEY, FetchQoS, Quarantine, QuarantineHandler, lua
+from .redis_quarantine import MAX_TAKES, MAX_TAKES_TRACKED, TAKES_KEY, FetchQoS, Quarantine, QuarantineHandler
+from .redis_wire import stage_list
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +68,16 @@ MIN_REDIS = (6, 2)
 SHORT_WAIT = 0.1
 #: How long a message seen on another key keeps the short wait on.
 SHORT_WAIT_FOR = 60.0
-#: Suffix of a queue's stage list (after kombu's separator, like its priority lists' numbers): see stage_list().
-STAGE = "fetch"
 #: The take (``lua/take.lua``): see the module docstring. Its replies are described in the file.
-TAKE_SCRIPT = lua("take.lua").replace("MAX_TAKES_TRACKED", str(MAX_TAKES_TRACKED)).replace("MAX_TAKES", str(MAX_TAKES))
+TAKE_SCRIPT = (
+    script("take.lua").replace("MAX_TAKES_TRACKED", str(MAX_TAKES_TRACKED)).replace("MAX_TAKES", str(MAX_TAKES))
+)
 
 
 #: kombu's Redis channels; their private fetch methods (``_brpop_start``/``_brpop_read``, stable
 #: since kombu 3) are what this module replaces, and the type stubs do not describe them.
 _RedisChannel: Any = kombu_redis.Channel
 _SentinelChannel: Any = kombu_redis.SentinelChannel
-
-
-def stage_list(queue: str, sep: str = "\x06\x16") -> str:
-    """The stage list of ``queue``: where a fetch moves a message for an instant (see above)."""
-    return f"{queue}{sep}{STAGE}"
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -284,6 +281,7 @@ class AtomicFetch(Quarantine):
                 self.qos.ack(tag)  # kombu counted it as held: release it
         finally:
             self._taken_tag = None
+
 
 class Channel(AtomicFetch, _RedisChannel):  # type: ignore[misc]
     """kombu's Redis channel with the atomic fetch."""

@@ -18,7 +18,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
-from importlib import resources
 from time import monotonic
 from typing import Any
 
@@ -27,14 +26,10 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import loads
 
+from .lua import script
 from .redis_envelope import Undeliverable, check, parse
 
 logger = logging.getLogger(__name__)
-
-
-def lua(name: str) -> str:
-    """The text of a Lua script kept beside this module (``lua/<name>``)."""
-    return resources.files(__package__).joinpath("lua", name).read_text(encoding="utf-8")
 
 
 #: Suffix of a queue's quarantine list: entries that cannot be delivered, waiting to be stored.
@@ -60,7 +55,7 @@ QUARANTINE_RESTORE = "_reliable.quarantine"
 #: Stores one quarantined entry: (entry bytes, queue, what is wrong, entry id) -> stored?
 QuarantineHandler = Callable[[bytes, str, str, str], bool]
 #: Moves an entry the take script recorded to a quarantine list (``lua/move.lua``).
-MOVE_SCRIPT = lua("move.lua")
+MOVE_SCRIPT = script("move.lua")
 
 
 def _call(client: Any, *args: Any) -> Any:

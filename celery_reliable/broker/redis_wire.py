@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from bisect import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -26,6 +27,17 @@ from kombu.entity import maybe_delivery_mode
 from kombu.serialization import dumps as serialize
 from kombu.transport.virtual.base import Base64
 from kombu.utils.json import dumps as json_dumps
+
+from .lua import script
+
+#: Suffix of a queue's stage list (after kombu's separator, like its priority lists' numbers): see stage_list().
+STAGE = "fetch"
+
+
+def stage_list(queue: str, sep: str = "\x06\x16") -> str:
+    """The stage list of ``queue``: where the atomic fetch (redis_fetch) moves a message for an instant."""
+    return f"{queue}{sep}{STAGE}"
+
 
 #: What kombu's Redis transport adds to every message; the entry text ends with these braces.
 _TAIL = "}}"
@@ -110,17 +122,15 @@ def signals_connected() -> bool:
 
 
 def usable(app: Celery, scheme: str, facts: Facts) -> bool:
-    """Whether an app's messages may be written directly: a ``redis://`` or ``rediss://`` broker, no
-    compression, no ``task-sent`` events (kombu's path sends them), kombu's base64 bodies."""
-    if scheme not in ("redis", "rediss"):
+    """Whether an app's messages may be written directly: a ``redis://``, ``rediss://`` or ``sentinel://``
+    broker, no compression, no ``task-sent`` events (kombu's path sends them), kombu's base64 bodies."""
+    if scheme not in ("redis", "rediss", "sentinel"):
         return False
     conf = app.conf
     return not conf.task_compression and not conf.task_send_sent_event and facts.body_encoding == "base64"
 
 
-def entry_of(
-    app: Celery, facts: Facts, message: Any, options: dict[str, Any]
-) -> tuple[Entry, Queue | None] | None:
+def entry_of(app: Celery, facts: Facts, message: Any, options: dict[str, Any]) -> tuple[Entry, Queue | None] | None:
     """The Redis entry of a built task message and the queue to declare, or None: kombu must send it.
 
     ``message`` is Celery's ``task_message`` (headers, properties, body, sent_event) and
@@ -223,10 +233,14 @@ def write(channel: Any, entries: list[Entry], wait_replicas: int, wait_timeout: 
     write_each(channel, entries, wait_replicas, wait_timeout).check()
 
 
-def write_each(channel: Any, entries: list[Entry], wait_replicas: int, wait_timeout: float) -> Written:
+def write_each(
+    channel: Any, entries: list[Entry], wait_replicas: int, wait_timeout: float, tags: Sequence[str | None] = ()
+) -> Written:
     """LPUSH the entries in one pipeline (and ``WAIT``); return Redis's answer for each entry.
 
     ``channel``: a kombu Redis channel (its connection pool is used, as kombu's own publish does).
+    ``tags``: the delivery tag of each entry where the caller chose one (the ledger looks for it
+    later); the others get a fresh one.
 
     Redis runs every command of a pipeline even when one fails (a list key holding another type,
     out of memory, a read-only replica): each command's reply is read, so an entry counts as
@@ -250,7 +264,8 @@ def write_each(channel: Any, entries: list[Entry], wait_replicas: int, wait_time
         for key, indexes in by_key.items():
             for start in range(0, len(indexes), _VALUES_PER_LPUSH):
                 chunk = indexes[start : start + _VALUES_PER_LPUSH]
-                pipe.lpush(key, *[entries[i].tagged(f"{base}-{i:x}") for i in chunk])
+                pipe.lpush(key, *[entries[i].tagged((tags[i] if i < len(tags) else None) or f"{base}-{i:x}")
+                                  for i in chunk])  # fmt: skip
                 commands.append(chunk)
         if wait_replicas:
             pipe.execute_command("WAIT", wait_replicas, int(wait_timeout * 1000))
@@ -282,3 +297,19 @@ def refused_by_key(exc: BaseException) -> bool:
             return False
         exc = cause
     return False
+
+
+#: Entries of one list the presence check looks at before it says it cannot tell.
+PRESENCE_SCAN = 100_000
+
+
+def present(client: Any, unacked: str, stage: str, key: str, tag: str, scan: int = PRESENCE_SCAN) -> bool | None:
+    """Whether Redis holds the message with delivery ``tag`` (unacknowledged, in ``stage`` or in list
+    ``key``; keys given whole, prefix included): True, False, or None when a list longer than ``scan``
+    entries did not show it. ``client``: a plain redis-py client (no key prefixing)."""
+    import redis
+
+    execute: Any = redis.Redis.execute_command
+    needle = f'"delivery_tag": "{tag}"'
+    reply = execute(client, "EVAL", script("present.lua"), 3, unacked, stage, key, tag, needle, scan)
+    return None if int(reply) < 0 else bool(int(reply))

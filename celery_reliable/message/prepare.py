@@ -9,6 +9,7 @@ the keyword arguments of ``send_task``. Both speak only the options listed in
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -206,3 +207,25 @@ def _needs_decoding(value: Any) -> bool:
 def decoded(value: Any) -> Any:
     """:func:`from_stored` of ``value``: without the JSON round trip when nothing needs decoding."""
     return from_stored(value) if _needs_decoding(value) else value
+
+
+#: Header of every message that goes through a pending row (outbox, failed send): the worker records
+#: its task's outcome so the row can be closed (the delivery ledger, :mod:`celery_reliable.send.reconcile`).
+LEDGER_HEADER = "x_reliable_ledger"
+
+
+def with_ledger(values: PendingValues) -> PendingValues:
+    """``values`` whose message carries :data:`LEDGER_HEADER` (a row waits for its outcome)."""
+    options = dict(values.options or {})
+    headers = dict(options.get("headers") or {})
+    if headers.get(LEDGER_HEADER) == 1:
+        return values
+    headers[LEDGER_HEADER] = 1
+    options["headers"] = headers
+    return dataclasses.replace(values, options=options)
+
+
+def is_ledgered(options: Any) -> bool:
+    """Whether stored ``options`` (of a pending row) carry the ledger header."""
+    headers = options.get("headers") if isinstance(options, dict) else None
+    return isinstance(headers, dict) and headers.get(LEDGER_HEADER) == 1

@@ -53,14 +53,17 @@ class BatchOutcome:
         self.reset = self.reset or other.reset
 
 
-def send_batch(publisher: Publisher, entries: Sequence[Entry], messages: Sequence[Message]) -> BatchOutcome:
+def send_batch(
+    publisher: Publisher, entries: Sequence[Entry], messages: Sequence[Message], tags: Sequence[str | None] = ()
+) -> BatchOutcome:
     """Send ``entries`` (built ahead, Redis) then ``messages``; index ``i`` of the outcome is
-    ``entries[i]``, index ``len(entries) + j`` is ``messages[j]``. Holds the publisher's lock."""
+    ``entries[i]``, index ``len(entries) + j`` is ``messages[j]``; ``tags``: delivery tags chosen for
+    entries (see :func:`celery_reliable.broker.redis_wire.write_each`). Holds the publisher's lock."""
     outcome = BatchOutcome()
     offset = len(entries)
     with publisher.lock:
         if entries:
-            outcome.add(write_entries(publisher, entries))
+            outcome.add(write_entries(publisher, entries, tags))
         if messages and outcome.broker_down:
             outcome.untried += range(offset, offset + len(messages))
         elif messages and publisher.batch_confirms:
@@ -76,13 +79,13 @@ def send_batch(publisher: Publisher, entries: Sequence[Entry], messages: Sequenc
     return outcome
 
 
-def write_entries(publisher: Publisher, entries: Sequence[Entry]) -> BatchOutcome:
+def write_entries(publisher: Publisher, entries: Sequence[Entry], tags: Sequence[str | None] = ()) -> BatchOutcome:
     """One pipeline of LPUSHes (and WAIT): each entry is sent exactly when the LPUSH carrying it
     succeeded; only the entries Redis refused fail. A lost connection counts once (the first)."""
     outcome = BatchOutcome()
     try:
         written = redis_wire.write_each(
-            publisher.producer.channel, list(entries), publisher.wait_replicas, publisher.wait_timeout
+            publisher.producer.channel, list(entries), publisher.wait_replicas, publisher.wait_timeout, tags
         )
     except Exception as exc:
         outcome.failed.append((0, f"{type(exc).__name__}: {exc}"))

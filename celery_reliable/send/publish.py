@@ -20,7 +20,7 @@ from celery import Celery
 
 from ..config import get_settings
 from ..exceptions import BadMessageError, PublishError, StoreError
-from ..message.prepare import decoded, prepare, send_options
+from ..message.prepare import decoded, prepare, send_options, with_ledger
 from ..store.pending import PendingValues, add_pending
 from .publisher import get_publisher, is_bad_input, reset_publisher
 
@@ -51,6 +51,7 @@ def with_message(app: Celery, values: PendingValues, ctx: Any = None) -> Pending
     Built once, when the row is written, so the relay only sends it. Left out (NULL: the relay
     builds the message when it sends it) for other brokers and for messages kombu must send.
     """
+    values = with_ledger(values)  # a pending row waits for its task's outcome
     publisher = get_publisher(app)
     if not publisher.direct_redis():
         return values

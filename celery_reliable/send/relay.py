@@ -26,11 +26,13 @@ from celery import Celery, Task, shared_task
 from .. import events
 from ..broker.redis_wire import Entry
 from ..config import get_settings
+from ..message.prepare import is_ledgered
 from ..message.tasks import Refused
 from ..store.claims import PendingRow, claim_rows, mark_failed, mark_sent, mark_status, release
 from ..store.models import PendingStatus, utcnow
 from .batch import send_batch
 from .publisher import get_publisher, reset_publisher
+from .reconcile import ledger_tag, ledgered, reconcile
 from .relay_check import RowChecks
 
 logger = logging.getLogger(__name__)
@@ -48,11 +50,13 @@ class RelayStats:
     invalid: int = 0
     released: int = 0
     batches: int = 0
+    #: sent rows the broker lost before their task had an outcome, made due again (the ledger)
+    lost: int = 0
     broker_down: bool = False
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: RelayStats) -> None:
-        for key in ("claimed", "sent", "failed", "dead", "expired", "invalid", "released", "batches"):
+        for key in ("claimed", "sent", "failed", "dead", "expired", "invalid", "released", "batches", "lost"):
             setattr(self, key, getattr(self, key) + getattr(other, key))
         self.broker_down = self.broker_down or other.broker_down
         self.errors.extend(other.errors)
@@ -104,10 +108,18 @@ def _send(app: Celery, token: str, rows: Sequence[PendingRow]) -> tuple[RelaySta
         return stats, _nothing
     outcome = _Outcome()
     sending = [row for row, _ in built] + [row for row, *_ in ready]
+    # a message that carries the ledger header goes out under a delivery tag of its own: the relay can
+    # look for it in Redis later (send/reconcile.py)
+    tags = [ledger_tag(row) if ledgered(entry) else None for row, entry in built]
+    outcome.tracked = {row.id for (row, _), tag in zip(built, tags, strict=True) if tag}
+    if not direct and get_settings(app).reconcile_rabbitmq_after is not None:
+        # a queue that cannot be searched: the row waits for its outcome up to a deadline (reconcile.py)
+        outcome.blind = {row.id for row, _args, _kwargs, options in ready if is_ledgered(options)}
     result = send_batch(
         publisher,
         [entry for _, entry in built],
         [(row.task_name, args, kwargs, row.task_id, options) for row, args, kwargs, options in ready],
+        tags,
     )
     outcome.sent += [sending[i].id for i in result.sent]
     outcome.failures += [(sending[i].id, error) for i, error in result.failed]
@@ -128,7 +140,12 @@ def _nothing() -> None:
 def _record(app: Celery, token: str, rows: Sequence[PendingRow], outcome: _Outcome, stats: RelayStats) -> None:
     """Mark the rows of a sent batch: sent, given back, or failed (backed off / dead)."""
     settings = get_settings(app)
-    stats.sent = mark_sent(app, token, outcome.sent)
+    tracked = [row_id for row_id in outcome.sent if row_id in outcome.tracked]
+    blind = [row_id for row_id in outcome.sent if row_id in outcome.blind]
+    untracked = [row_id for row_id in outcome.sent if row_id not in outcome.tracked and row_id not in outcome.blind]
+    stats.sent = mark_sent(app, token, untracked)
+    stats.sent += mark_sent(app, token, tracked, settings.reconcile_after)
+    stats.sent += mark_sent(app, token, blind, settings.reconcile_rabbitmq_after)
     if outcome.sent:
         sent = set(outcome.sent)
         events.send_resent(app, [row for row in rows if row.id in sent])
@@ -154,6 +171,10 @@ class _Outcome:
     failures: list[tuple[int, str]] = field(default_factory=list)
     untried: list[int] = field(default_factory=list)
     broker_down: bool = False
+    #: rows sent under a delivery tag of their own (the ledger tracks them)
+    tracked: set[int] = field(default_factory=set)
+    #: rows sent where the broker cannot be searched (tracked up to reliable_reconcile_rabbitmq_after)
+    blind: set[int] = field(default_factory=set)
 
 
 def _mark_invalid(app: Celery, token: str, row_id: int, error: str, stats: RelayStats) -> None:
@@ -201,8 +222,12 @@ def relay_once(
     settings = get_settings(app)
     batch_size = batch_size or settings.relay_batch_size
     limit = max_batches or 1_000_000
-    deadline = time.monotonic() + (time_limit if time_limit is not None else settings.relay_time_limit)
     total = RelayStats()
+    try:  # first: messages the broker lost are due again, and go out in this pass
+        total.lost = reconcile(app).resent
+    except Exception as exc:  # the ledger's look must never stop the relay
+        logger.warning("Relay: looking for lost messages failed (%r); the next pass tries again", exc)
+    deadline = time.monotonic() + (time_limit if time_limit is not None else settings.relay_time_limit)
     after: int | None = None
     light = get_publisher(app).direct_redis()  # messages built ahead are sent as they are
 
@@ -246,10 +271,10 @@ def relay_once(
         for stats, done in recorded:
             done.result()  # a database error marking rows raises here, as it did inline
             total.add(stats)
-    if total.claimed:
+    if total.claimed or total.lost:
         logger.info(
-            "Relay pass: %d claimed, %d sent, %d failed, %d dead, %d expired, %d invalid",
-            total.claimed, total.sent, total.failed, total.dead, total.expired, total.invalid,
+            "Relay pass: %d claimed, %d sent, %d failed, %d dead, %d expired, %d invalid, %d lost by the broker",
+            total.claimed, total.sent, total.failed, total.dead, total.expired, total.invalid, total.lost,
         )  # fmt: skip
     return total
 

@@ -51,7 +51,7 @@ _T: Table = PendingMessage.__table__  # type: ignore[assignment]
 
 
 #: What the relay needs of a claimed row (attributes named as on :class:`PendingMessage`).
-_SEND_COLUMNS = (
+SEND_COLUMNS = (
     _T.c.id, _T.c.task_id, _T.c.task_name, _T.c.args, _T.c.kwargs, _T.c.options, _T.c.eta, _T.c.expires_at,
     _T.c.message,
 )  # fmt: skip
@@ -62,7 +62,7 @@ _SEND_COLUMNS = (
 #: options of a row with a message come as the JSON text PostgreSQL writes (``options_text``,
 #: decoded by the relay: a third of the cost of the driver's JSONB decoding): the queue in them is
 #: what the message must agree with.
-_SEND_COLUMNS_LIGHT = (
+SEND_COLUMNS_LIGHT = (
     _T.c.id, _T.c.task_id, _T.c.task_name,
     case((_T.c.message.is_(None), _T.c.args), else_=null()).label("args"),
     case((_T.c.message.is_(None), _T.c.kwargs), else_=null()).label("kwargs"),
@@ -161,7 +161,7 @@ def _chosen(dialect: str, chosen: Select[tuple[int]]) -> ColumnElement[bool]:
 
 def postgres_claim(chosen: Select[tuple[int]], values: dict[str, Any]) -> Update:
     """PostgreSQL's claim as one statement, returning the columns the relay sends."""
-    return update(_T).where(_chosen("postgresql", chosen)).values(**values).returning(*_SEND_COLUMNS)
+    return update(_T).where(_chosen("postgresql", chosen)).values(**values).returning(*SEND_COLUMNS)
 
 
 def _one_statement(dialect: Dialect) -> bool:
@@ -170,7 +170,7 @@ def _one_statement(dialect: Dialect) -> bool:
 
 
 @contextmanager
-def _relay_connection(app: Celery) -> Iterator[Connection]:
+def relay_connection(app: Celery) -> Iterator[Connection]:
     """A connection for the relay's claims and marks, each one statement.
 
     PostgreSQL: the autocommit engine: one round trip per statement (no BEGIN, COMMIT or
@@ -213,9 +213,9 @@ def claim_rows(
     now = utcnow()
     chosen = claim_query(now, limit, wanted, after_id)
     values = lease_values(token, now, lease)
-    with _relay_connection(app) as conn:
+    with relay_connection(app) as conn:
         # (SQLite resolves ``args`` inside ``... AS args`` of a RETURNING clause to the alias: NULL)
-        columns = _SEND_COLUMNS_LIGHT if light and conn.dialect.name == "postgresql" else _SEND_COLUMNS
+        columns = SEND_COLUMNS_LIGHT if light and conn.dialect.name == "postgresql" else SEND_COLUMNS
         statement = update(_T).where(_chosen(conn.dialect.name, chosen)).values(**values)
         if _one_statement(conn.dialect):
             rows = list(conn.execute(statement.returning(*columns)))
@@ -276,7 +276,7 @@ def _update_claimed(app: Celery, token: str, ids: Sequence[int], values: dict[st
     """Update the rows among ``ids`` that ``token`` still holds; returns how many."""
     if not ids:
         return 0
-    with _relay_connection(app) as conn:
+    with relay_connection(app) as conn:
         if conn.dialect.name == "postgresql":
             # One array parameter instead of one parameter per id.
             from sqlalchemy.dialects.postgresql import ARRAY
@@ -288,9 +288,17 @@ def _update_claimed(app: Celery, token: str, ids: Sequence[int], values: dict[st
         return int(result.rowcount or 0)
 
 
-def mark_sent(app: Celery, token: str, ids: Sequence[int]) -> int:
-    """Mark claimed rows sent; rows no longer held by ``token`` are left alone. Returns count."""
-    values = {"status": PendingStatus.SENT, "sent_at": utcnow(), "claim_token": None, "lease_expires_at": None}
+def mark_sent(app: Celery, token: str, ids: Sequence[int], check_after: float | None = None) -> int:
+    """Mark claimed rows sent; rows no longer held by ``token`` are left alone. Returns count.
+
+    ``check_after``: the rows are tracked by the ledger (they wait for their task's outcome); the
+    relay first looks for them in the broker that many seconds from now.
+    """
+    now = utcnow()
+    values: dict[str, Any] = {"status": PendingStatus.SENT, "sent_at": now, "claim_token": None}
+    values["lease_expires_at"] = None
+    if check_after is not None:
+        values.update(tracked=True, next_attempt_at=now + timedelta(seconds=check_after))
     return _update_claimed(app, token, ids, values)
 
 

@@ -296,8 +296,10 @@ class PendingMessage(Base):
         # partial where the database has them: claims walk unsent rows only
         Index("ix_celery_reliable_pending_message_open", "id", postgresql_where=_OPEN, sqlite_where=_OPEN),
         Index(
-            "ix_celery_reliable_pending_message_sent_at", "sent_at",
-            postgresql_where=_DELIVERED, sqlite_where=_DELIVERED,
+            "ix_celery_reliable_pending_message_sent_at",
+            "sent_at",
+            postgresql_where=_DELIVERED,
+            sqlite_where=_DELIVERED,
         ),
     )
 

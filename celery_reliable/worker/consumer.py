@@ -28,7 +28,7 @@ from ..broker.redis_liveness import new_worker_id
 from ..config import get_settings
 from ..exceptions import StoreError
 from ..store.failures import FailureRecord
-from . import requeue
+from . import ledger, requeue
 from .failure_store import store
 from .install import atomic_fetch
 from .raw import REASON_UNDECODABLE, entry_record, message_record
@@ -130,6 +130,10 @@ class ReliableConsumer(Consumer):
             self.timer.call_after(REQUEUE_PAUSE, _requeue, (message,))
             return False
         logger.error("Message %s (%s) stored as failed task %d", failure.task_id, reason, row_id)
+        try:  # its outcome, for the ledger: stored
+            ledger.note(self.app, _message_id(message), message.headers)
+        except Exception:
+            logger.debug("the outcome of message %s was not noted", _message_id(message), exc_info=True)
         return True
 
     def store_quarantined(self, entry: bytes, queue: str, problem: str, entry_id: str) -> bool:

@@ -55,11 +55,13 @@ def install(app: Celery) -> ReliableSettings:
     from .bootstep import ReliableWorkerStep
 
     app.steps["worker"].add(ReliableWorkerStep)
+    from .ledger import LedgerStep
     from .liveness import Liveness
     from .sweep import RestoreSweep
 
     app.steps["consumer"].add(RestoreSweep)
     app.steps["consumer"].add(Liveness)
+    app.steps["consumer"].add(LedgerStep)
     _connect_receivers()
     return settings
 

@@ -24,7 +24,7 @@ from ..broker.facts import celery_retries_lost_workers
 from ..broker.redis_envelope import MAX_DEPTH, deeper_than, may_nest_deeper
 from ..exceptions import PermanentError
 from ..store.failures import FailureRecord
-from . import arguments, raw, record
+from . import arguments, ledger, raw, record
 from . import requeue as requeues
 from .failure_store import store
 from .lost_retry import send_lost_retry
@@ -118,6 +118,10 @@ class ReliableRequest(Request):
             else:
                 del task.reject_on_worker_lost
 
+    def _failure_stored(self, **fields: Any) -> None:
+        """The failure is in the table and the message acknowledged: say so (Flower)."""
+        events.send_from_request(self, events.FAILURE_STORED, **fields)
+
     def _retries_left(self) -> bool:
         max_retries = self.task.max_retries
         return max_retries is None or int(self._context.retries or 0) < max_retries
@@ -164,16 +168,22 @@ class ReliableRequest(Request):
         )
         had_own = "default_retry_delay" in task.__dict__
         saved = task.__dict__.get("default_retry_delay")
+        self._retrying = True  # the ack that follows a sent retry is not an outcome
         if not CELERY_RETRIES_LOST_WORKERS:
-            return self._send_lost_retry(exc, exc_info, delay)
-        task.default_retry_delay = delay  # read once by Celery, in this (single) main thread
-        try:
-            return bool(Request._retry_worker_lost(self, exc, exc_info))  # type: ignore[attr-defined]
-        finally:
-            if had_own:
-                task.default_retry_delay = saved
-            else:
-                del task.default_retry_delay
+            sent = self._send_lost_retry(exc, exc_info, delay)
+        else:
+            task.default_retry_delay = delay  # read once by Celery, in this (single) main thread
+            try:
+                sent = bool(Request._retry_worker_lost(self, exc, exc_info))  # type: ignore[attr-defined]
+            finally:
+                if had_own:
+                    task.default_retry_delay = saved
+                else:
+                    del task.default_retry_delay
+        self._retrying = sent
+        if sent:
+            ledger.note_retry(self.task.app, self.id, self._request_dict, delay)
+        return sent
 
     def _send_lost_retry(self, exc: BaseException, exc_info: ExceptionInfo, countdown: float) -> bool:
         """Celery before 5.7: send the retry of a lost or timed-out run ourselves (see :mod:`.lost_retry`)."""
@@ -204,7 +214,7 @@ class ReliableRequest(Request):
             return None
         if not self._reliable_done and self._time_limit(TimeLimitExceeded(timeout)):
             super().on_timeout(soft, timeout)
-            events.send_from_request(self, events.FAILURE_STORED, reason="time_limit")
+            self._failure_stored(reason="time_limit")
         return None
 
     # -- before the pool ---------------------------------------------------------------
@@ -270,13 +280,26 @@ class ReliableRequest(Request):
             return
         logger.error("Task %s[%s] not run (%s: %s); stored as failed task %d", self.name, self.id, reason, exc, row_id)
         self.acknowledge()
-        events.send_from_request(self, events.FAILURE_STORED, reason=reason, exc_type=failure.exc_type, attempts=1)
+        self._failure_stored(reason=reason, exc_type=failure.exc_type, attempts=1)
 
     # -- hand-backs ----------------------------------------------------------------------
 
+    #: set while the message is acknowledged because a retry of it was sent (its outcome is still to come)
+    _retrying = False
+
     def acknowledge(self) -> None:
+        """Celery's ack; an ack that is not for a retry means the task reached its outcome (completed,
+        skipped as done, its failure stored): noted for the ledger (see :mod:`.ledger`)."""
         requeues.counter.forget(str(self.id))
+        first = not self.acknowledged
         super().acknowledge()
+        if first and not self._retrying:
+            ledger.note(self.task.app, self.id, self._request_dict)
+
+    def on_retry(self, exc_info: ExceptionInfo) -> None:
+        self._retrying = True  # Celery acknowledges the message: its retry carries the outcome
+        super().on_retry(exc_info)
+        ledger.note_retry(self.task.app, self.id, self._request_dict, ledger.retry_delay(exc_info.exception))
 
     def reject(self, requeue: bool = False) -> None:
         """Celery's reject; a hand-back (``requeue=True``) waits a growing pause first, and once the
@@ -336,7 +359,7 @@ class ReliableRequest(Request):
             self.name, self.id, times, row_id, failure.reason,
         )  # fmt: skip
         self.acknowledge()
-        events.send_from_request(self, events.FAILURE_STORED, reason=failure.reason, exc_type=failure.exc_type)
+        self._failure_stored(reason=failure.reason, exc_type=failure.exc_type)
         return True
 
     # -- failures --------------------------------------------------------------------------
@@ -348,7 +371,7 @@ class ReliableRequest(Request):
         if isinstance(exc, TimeLimitExceeded):
             if not self._reliable_done and self._time_limit(exc):
                 super().on_failure(exc_info, send_failed_event, return_ok)
-                events.send_from_request(self, events.FAILURE_STORED, reason="time_limit")
+                self._failure_stored(reason="time_limit")
             return None
         lost = isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
         if isinstance(exc, WorkerLostError) and not CELERY_RETRIES_LOST_WORKERS and self._retries_left():
@@ -365,13 +388,13 @@ class ReliableRequest(Request):
                 task_ready(self)
                 return None
             self._failed_for_good(exc_info, send_failed_event, return_ok)
-            events.send_from_request(self, events.FAILURE_STORED, reason="worker_lost")
+            self._failure_stored(reason="worker_lost")
             return None
         super().on_failure(exc_info, send_failed_event, return_ok)
         if not lost and not isinstance(exc, Reject | Retry | Ignore | Terminated | TimeLimitExceeded | MemoryError):
             # The pool process stored it in Task.on_failure (it raises Reject when it cannot).
-            events.send_from_request(
-                self, events.FAILURE_STORED, reason=_reason_for_event(exc, self.task),
+            self._failure_stored(
+                reason=_reason_for_event(exc, self.task),
                 exc_type=type(exc).__name__, attempts=int(self._context.retries or 0) + 1,
             )  # fmt: skip
         return None

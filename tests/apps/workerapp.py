@@ -6,6 +6,7 @@ has its own broker database or vhost, queue and SQL database.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -35,6 +36,8 @@ app.conf.update(
     worker_send_task_events=True,
 )
 app.conf.task_default_retry_delay = 0.2
+# a sentinel:// broker needs master_name, which a URL cannot carry (JSON)
+app.conf.broker_transport_options = json.loads(os.environ.get("RELIABLE_TEST_TRANSPORT_OPTIONS", "{}"))
 
 
 class TransientError(Exception):
@@ -138,6 +141,14 @@ def retry_then_ok(self, key, pause):
     if _attempt(key) == 1:
         time.sleep(pause)
         raise self.retry(countdown=0.5)
+    _effect(key, self.request.id)
+
+
+@app.task(bind=True, name="t.retry_later")
+def retry_later(self, key, countdown):
+    """Its first run asks for a retry in ``countdown`` seconds (the worker holds it meanwhile)."""
+    if _attempt(key) == 1:
+        raise self.retry(countdown=countdown)
     _effect(key, self.request.id)
 
 

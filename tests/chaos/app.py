@@ -17,6 +17,7 @@ after a start row that tells the harness a task is in flight.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import time
@@ -40,7 +41,10 @@ RELIABLE = MODE == "reliable"
 QUEUE = os.environ.get("CHAOS_QUEUE", "chaos")
 BROKER = os.environ.get("CHAOS_BROKER", "redis://127.0.0.1:6379/9")
 DB = os.environ.get("CHAOS_DB", "sqlite:///chaos.sqlite3")
-VT = float(os.environ.get("CHAOS_VT", "6"))
+#: The visibility timeout of the reliable and tuned runs; "default": the library's (600 s) and kombu's (1 h).
+VT: float | None = None if os.environ.get("CHAOS_VT") == "default" else float(os.environ.get("CHAOS_VT", "6"))
+#: How the producers send (the doctor of an outbox-only run is told so: ``reliable_outbox_only``).
+PUBLISHING = os.environ.get("CHAOS_PUBLISHING", "")
 #: Attempts 0..FLAKY_RETRIES-1 of chaos.flaky fail on about 30% of the keys; later ones succeed.
 FLAKY_RETRIES = 3
 FLAKY_PERCENT = 30
@@ -65,7 +69,6 @@ if RELIABLE:
         reliable_max_retries=int(os.environ.get("CHAOS_MAX_RETRIES", "5")),
         reliable_retry_backoff=0.2,
         reliable_retry_backoff_max=1.0,
-        reliable_visibility_timeout=VT,
         reliable_restore_interval=1.0,
         reliable_relay_interval=float(os.environ.get("CHAOS_RELAY_INTERVAL", "2")),
         reliable_relay_backoff=0.5,
@@ -79,18 +82,27 @@ if RELIABLE:
         # off only to show what kombu's own fetch loses (scenario fetch_kill_kombu)
         reliable_redis_atomic_fetch=os.environ.get("CHAOS_ATOMIC_FETCH", "1") == "1",
         # a database outage outlasts the few quick retries a bug deserves
+        reliable_outbox_only=PUBLISHING == "outbox",
         reliable_retry_policies={
             "sqlalchemy.exc.OperationalError": {"max_retries": 60, "backoff": 0.2, "backoff_max": 1.0},
         },
     )
-elif MODE == "plain_tuned":
+    if VT is not None:
+        app.conf.reliable_visibility_timeout = VT
+    if os.environ.get("CHAOS_HEARTBEAT") == "off":  # as before the heartbeats: only the timeout gives back
+        app.conf.reliable_worker_heartbeat = None
+# a sentinel:// broker needs master_name, which a URL cannot carry (JSON)
+_transport = json.loads(os.environ.get("CHAOS_TRANSPORT_OPTIONS") or "{}")
+if _transport:
+    app.conf.broker_transport_options = dict(_transport)
+if MODE == "plain_tuned":
     app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1)
     if BROKER.startswith("redis"):
         app.conf.broker_transport_options = {
-            "visibility_timeout": VT,
-            "unacked_restore_interval": 1.0,
-            "unacked_restore_throttle": 1,
-        }
+            **_transport, "unacked_restore_interval": 1.0, "unacked_restore_throttle": 1,
+        }  # fmt: skip
+        if VT is not None:
+            app.conf.broker_transport_options["visibility_timeout"] = VT
 
 _engines: dict[int, Engine] = {}
 

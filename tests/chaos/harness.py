@@ -6,8 +6,11 @@ Counts (read from the run's own database and queue, nothing inferred from logs):
 * ``committed``: business rows the producers committed;
 * ``effects``: distinct keys with at least one effect row; ``duplicates``: effect rows beyond one per key;
 * ``stored``: rows in the failed-task table; ``pending``: pending rows not yet sent;
+* ``waiting``: rows sent from the pending table whose task has no outcome yet (the delivery ledger);
 * ``in_broker``: messages still in the queue (ready or unacknowledged) after the workers stopped;
-* ``lost`` = committed - effects - stored (keys that ended in neither table).
+* ``lost`` = committed - effects - stored (keys that ended in neither table);
+* ``recovery``: for each task a whole-worker kill interrupted, seconds from the kill to its next
+  start (by another worker): how long a dead worker's messages waited.
 
 Each run writes ``<results dir>/<scenario>--<mode>--<publishing>--<broker>.json``.
 Private servers only (a private redis-server per run, a private PostgreSQL cluster when the
@@ -36,6 +39,7 @@ from sqlalchemy import create_engine, select, text
 
 from tests.apps.effects import Effect, TestBase
 from tests.chaos.proxy import TcpProxy
+from tests.faults.sentinel import SentinelSet
 from tests.harness import PYTHON, ROOT, PostgresCluster, RedisServer, Worker, wait_for
 
 RESULTS = Path(os.environ.get("CHAOS_RESULTS", ROOT / ".chaos-results"))
@@ -47,6 +51,9 @@ QUIET = 10.0
 #: is noticed up to worker_lost_wait = 5 s later, and only then is its task retried or stored).
 QUIET_EMPTY = 8.0
 DRAIN_LIMIT = 90.0
+#: The same while rows sent from the pending table wait for an outcome the broker may have lost:
+#: the relay sends them again ``reliable_reconcile_after`` (60 s by default) after they were sent.
+QUIET_LEDGER = 80.0
 
 
 @dataclass
@@ -69,6 +76,8 @@ class Result:
     seconds: float = 0.0
     drained: bool = False
     relayed: int = 0
+    waiting: int = 0
+    recovery: list[float] = field(default_factory=list)
     stored_by_reason: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -84,11 +93,21 @@ class Result:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
         return path
 
+    def recovery_percentile(self, q: float) -> float | None:
+        """The ``q`` quantile (0..1) of :attr:`recovery`, nearest rank; None without kills."""
+        if not self.recovery:
+            return None
+        ordered = sorted(self.recovery)
+        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+
     def line(self) -> str:
+        recovery = ""
+        if self.recovery:
+            recovery = f" recovery p50={self.recovery_percentile(0.5):.1f}s max={max(self.recovery):.1f}s"
         return (
             f"[{self.name}] committed={self.committed} effects={self.effects} duplicates={self.duplicates} "
-            f"stored={self.stored} pending={self.pending} in_broker={self.in_broker} lost={self.lost} "
-            f"faults={self.faults} {self.seconds:.0f}s"
+            f"stored={self.stored} pending={self.pending} waiting={self.waiting} in_broker={self.in_broker} "
+            f"lost={self.lost} faults={self.faults}{recovery} {self.seconds:.0f}s"
         )
 
 
@@ -144,10 +163,20 @@ class Broker:
     """The run's broker: a private redis-server, or the shared RabbitMQ node; optionally
     behind a :class:`TcpProxy` that cuts every connection at once."""
 
-    def __init__(self, kind: str, tmp: Path, *, persistent: bool = True, proxy: bool = False) -> None:
+    def __init__(
+        self, kind: str, tmp: Path, *, persistent: bool = True, proxy: bool = False, sentinel: bool = False
+    ) -> None:
         self.kind = kind
         self.redis: RedisServer | None = None
-        if kind == "redis":
+        self.sentinels: SentinelSet | None = None
+        #: broker transport options the run's processes need (Sentinel: the master's name)
+        self.transport_options: dict[str, Any] = {}
+        if sentinel:
+            assert kind == "redis" and not proxy and not persistent, "Sentinel: a volatile Redis set, no proxy"
+            self.sentinels = SentinelSet(tmp / "sentinel").start()
+            self.direct_url = self.sentinels.broker_url
+            self.transport_options = self.sentinels.transport_options
+        elif kind == "redis":
             self.redis = RedisServer(tmp / "redis", persistent=persistent).start()
             self.direct_url = self.redis.url
             port = self.redis.port
@@ -184,18 +213,23 @@ class Broker:
         unacknowledged messages go back to ready (read after the workers stopped)."""
         from tests.conftest import broker_depth
 
+        if self.sentinels is not None:
+            return broker_depth(self.sentinels.master_url(), queue)
         return broker_depth(self.direct_url, queue)
 
     def drop(self, queue: str) -> None:
         from tests.conftest import drop_queue
 
-        drop_queue(self.direct_url, queue)
+        if self.sentinels is None:  # (a Sentinel set is private: it goes with its queues)
+            drop_queue(self.direct_url, queue)
 
     def close(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self.sentinels is not None:
+            self.sentinels.stop()
 
 
 class Database:
@@ -272,6 +306,7 @@ class Run:
         proxy: bool = False,
         private_db: bool = False,
         workers_direct: bool = False,
+        sentinel: bool = False,
         env: dict[str, str] | None = None,
     ) -> None:
         assert mode in MODES, mode
@@ -289,9 +324,11 @@ class Run:
         self.killed: list[ChaosWorker] = []
         #: keys whose run a fault already hit (not taken as "in flight" again)
         self.targeted: set[str] = set()
+        #: key -> wall-clock time of the whole-worker kill that interrupted its run
+        self.killed_at: dict[str, float] = {}
         self.started = time.monotonic()
         self.prefix = uuid.uuid4().hex[:6]
-        self.broker = Broker(broker, tmp, persistent=persistent, proxy=proxy)
+        self.broker = Broker(broker, tmp, persistent=persistent, proxy=proxy, sentinel=sentinel)
         try:
             self.db = Database(tmp, private=private_db)
         except BaseException:
@@ -309,6 +346,8 @@ class Run:
             CHAOS_BROKER=self.broker.direct_url if consumer and self.workers_direct else self.broker.url,
             CHAOS_QUEUE=self.queue,
             CHAOS_DB=self.db.url,
+            CHAOS_PUBLISHING=self.publishing,
+            CHAOS_TRANSPORT_OPTIONS=json.dumps(self.broker.transport_options),
         )
         env.update(self.extra_env)
         env.update(extra)
@@ -382,7 +421,9 @@ class Run:
     def kill_worker(self, worker: ChaosWorker, running: list[tuple[str, int]] = ()) -> ChaosWorker:  # type: ignore[assignment]
         """SIGKILL the whole worker (main process and pool), start a new one."""
         worker.kill()
+        now = time.time()
         self.targeted.update(key for key, _ in running)
+        self.killed_at.update((key, now) for key, _ in running)
         self.killed.append(worker)
         self.result.faults += 1
         return self.worker(f"w{len(self.workers) + 1}", worker.concurrency)
@@ -419,8 +460,12 @@ class Run:
         effects = db.scalar("SELECT count(DISTINCT key) FROM reliable_test_effect")
         rows = db.scalar("SELECT count(*) FROM reliable_test_effect")
         stored = db.scalar("SELECT count(*) FROM celery_reliable_failed_task")
-        pending = db.scalar("SELECT count(*) FROM celery_reliable_pending_message WHERE status <> 'sent'")
-        return {"committed": committed, "effects": effects, "rows": rows, "stored": stored, "pending": pending}
+        pending = db.scalar("SELECT count(*) FROM celery_reliable_pending_message WHERE status NOT IN ('sent', 'done')")
+        waiting = db.scalar("SELECT count(*) FROM celery_reliable_pending_message WHERE status = 'sent' AND tracked")
+        return {
+            "committed": committed, "effects": effects, "rows": rows, "stored": stored, "pending": pending,
+            "waiting": waiting,
+        }  # fmt: skip
 
     def _settled_keys(self) -> int:
         """Committed keys that ended in an effect or a stored failure."""
@@ -435,7 +480,8 @@ class Run:
     def drain(self, limit: float = DRAIN_LIMIT, quiet: float = QUIET) -> bool:
         """Wait until every committed message settled and nothing is left, or nothing moved
         for ``quiet`` seconds, or ``limit`` seconds passed. True if everything settled."""
-        deadline = time.monotonic() + limit
+        started = time.monotonic()
+        deadline = started + limit
         last: dict[str, int] | None = None
         changed = time.monotonic()
         while time.monotonic() < deadline:
@@ -456,8 +502,13 @@ class Run:
             if done and self._settled_keys() >= snap["committed"]:
                 time.sleep(1.5)  # a late duplicate would land now
                 return True
-            # nothing left anywhere that could still move: a shorter wait is enough
-            if time.monotonic() - changed > (QUIET_EMPTY if done else quiet):
+            # nothing left anywhere that could still move: a shorter wait is enough (unless the
+            # relay may still send again what the broker lost)
+            wait = QUIET_EMPTY if done else quiet
+            if snap["waiting"]:
+                wait = max(wait, QUIET_LEDGER)
+                deadline = max(deadline, started + limit + QUIET_LEDGER)
+            if time.monotonic() - changed > wait:
                 return False
             time.sleep(0.5)
         return False
@@ -510,6 +561,9 @@ class Run:
                 sent = re.search(r"relay pass: .* sent=(\d+)", line)
                 if sent:  # messages the separate relay passes sent
                     counts["relay_pass_messages"] = counts.get("relay_pass_messages", 0) + int(sent.group(1))
+                resent = re.search(r"Relay: (\d+) sent message\(s\) no longer in Redis", line)
+                if resent:  # messages the broker lost that the delivery ledger sent again
+                    counts["ledger_resent"] = counts.get("ledger_resent", 0) + int(resent.group(1))
         return dict(sorted(counts.items()))
 
     # -- the end -------------------------------------------------------------------------
@@ -538,13 +592,30 @@ class Run:
                 text("SELECT reason, count(*) FROM celery_reliable_failed_task GROUP BY reason")
             ).all()
         r.stored_by_reason = {str(k): int(v) for k, v in reasons}
-        r.relayed = self.db.scalar("SELECT count(*) FROM celery_reliable_pending_message WHERE status = 'sent'")
+        r.relayed = self.db.scalar(
+            "SELECT count(*) FROM celery_reliable_pending_message WHERE status IN ('sent', 'done')"
+        )
+        r.waiting = snap["waiting"]
+        r.recovery = self._recovery()
         r.events = self._events()
         r.doctor = self._doctor_result()
         r.seconds = round(time.monotonic() - self.started, 1)
         r.write()
         print("\n" + r.line())
         return r
+
+    def _recovery(self) -> list[float]:
+        """Seconds from each whole-worker kill to the next start of the task it interrupted."""
+        out = []
+        with self.db.engine.connect() as conn:
+            for key, killed in self.killed_at.items():
+                again = conn.execute(
+                    text("SELECT min(at) FROM chaos_start WHERE key = :key AND at > :killed"),
+                    {"key": key, "killed": killed},
+                ).scalar()
+                if again is not None:
+                    out.append(round(float(again) - killed, 2))
+        return out
 
     def close(self) -> None:
         """Stop every process of the run, then the broker and the database, whatever fails."""

@@ -121,6 +121,63 @@ def broker_crash(run: Run, down: float = 2.0) -> Result:
     return run.finish()
 
 
+def broker_flush(run: Run) -> Result:
+    """``FLUSHALL`` on the broker while messages are queued, held by the worker and on their way
+    (an operator's mistake, an eviction, a failover to an empty replica): Redis drops what it had
+    accepted, and nothing in it will run those messages."""
+    run.worker(concurrency=1)
+    if run.mode == "reliable":
+        run.beat()
+    producer = run.producer(run.messages(50, "chaos.idem", 0.2), interval=0.05)
+    _committed_at_least(run, 30)
+    run.broker.flushall()
+    run.result.faults += 1
+    producer.wait(180)
+    return run.finish()
+
+
+def sentinel_failover(run: Run) -> Result:
+    """Redis behind Sentinel (a primary, a replica, a sentinel; no persistence): the replica is cut
+    off from the primary and misses every write that follows while messages flow, then the primary
+    is SIGKILLed and the sentinel promotes the replica, which lacks the last writes (asynchronous
+    replication: what a failover does when the replica lags). Clients use ``sentinel://`` URLs."""
+    sentinels = run.broker.sentinels
+    assert sentinels is not None
+    run.worker(concurrency=1)
+    if run.mode == "reliable":
+        run.beat()
+    producer = run.producer(run.messages(50, "chaos.idem", 0.2), interval=0.05)
+    _committed_at_least(run, 15)
+    sentinels.lag_replica()
+    _committed_at_least(run, 35)
+    sentinels.fail_primary()
+    run.result.faults += 1
+    sentinels.wait_promoted()
+    producer.wait(180)
+    return run.finish()
+
+
+def slow_worker(run: Run, pause: float = 8.0) -> Result:
+    """A worker that is slow, not dead: its tasks run for 12 s, and its main process is stopped
+    (SIGSTOP) for ``pause`` seconds, longer than three heartbeats, as a stop-the-world pause or a
+    starved CPU would, while a second worker watches and takes other work. Nothing it holds may be
+    given to another worker: every task starts exactly once (tasks are not idempotent)."""
+    slow = run.worker("w1")
+    run.produce(run.messages(2, "chaos.work", 12.0, tag="s"), name="p1")
+    wait_for(lambda: len(run.in_flight(tag="-s-", within=12.0)) == 2, 30, interval=0.1, what="both slow tasks running")
+    run.worker("w2")
+    assert slow.proc is not None
+    os.kill(slow.proc.pid, signal.SIGSTOP)  # the main process only: its pool keeps running
+    run.result.faults += 1
+    try:
+        producer = run.producer(run.messages(20, "chaos.work", 0.1), interval=0.1, name="p2")
+        time.sleep(pause)
+    finally:
+        os.kill(slow.proc.pid, signal.SIGCONT)
+    producer.wait(120)
+    return run.finish()
+
+
 def producer_kill(run: Run, producers: int = 3, each: int = 6, kill_at: int = 3) -> Result:
     """Producers SIGKILLed after committing a row and before its message left."""
     run.worker()
@@ -200,7 +257,36 @@ SCENARIOS: dict[str, Scenario] = {
     "child_kill": (child_kill, {}, [("reliable", "publish"), *PLAIN], BOTH),
     "broker_outage": (broker_outage, {"proxy": True}, [("reliable", "publish"), ("reliable", "outbox"), *PLAIN], BOTH),
     "broker_crash_aof": (broker_crash, {"persistent": True}, [("reliable", "publish"), *PLAIN], ("redis",)),
-    "broker_crash_nopersist": (broker_crash, {"persistent": False}, [("reliable", "publish"), *PLAIN], ("redis",)),
+    # publish() sends directly (no ledger row): what Redis drops is lost; the outbox's rows resend it
+    "broker_crash_nopersist": (
+        broker_crash,
+        {"persistent": False},
+        [("reliable", "publish"), ("reliable", "outbox"), *PLAIN],
+        ("redis",),
+    ),
+    "sentinel_failover": (
+        sentinel_failover,
+        {"persistent": False, "sentinel": True},
+        [("reliable", "outbox"), *PLAIN],
+        ("redis",),
+    ),
+    "broker_flush": (broker_flush, {"persistent": False}, [("reliable", "outbox"), *PLAIN], ("redis",)),
+    # the library's default visibility timeout (600 s; plain Celery: kombu's hour): a dead worker's
+    # messages come back from its lapsed heartbeat, not from the timeout
+    "worker_kill_default_vt": (
+        worker_kill,
+        {"env": {"CHAOS_VT": "default"}},
+        [("reliable", "publish"), *PLAIN],
+        ("redis",),
+    ),
+    # the same without the heartbeats: the dead worker's messages wait out the 600 s timeout
+    "worker_kill_default_vt_noheartbeat": (
+        worker_kill,
+        {"env": {"CHAOS_VT": "default", "CHAOS_HEARTBEAT": "off"}},
+        [("reliable", "publish")],
+        ("redis",),
+    ),
+    "slow_worker": (slow_worker, {"env": {"CHAOS_VT": "default"}}, [("reliable", "publish")], ("redis",)),
     "producer_kill": (producer_kill, {}, [("reliable", "outbox"), ("reliable", "publish"), PLAIN[0]], BOTH),
     "db_down": (db_down, {"proxy": True, "private_db": True}, [("reliable", "publish"), *PLAIN], BOTH),
     "flaky_poison": (flaky_poison, {}, [("reliable", "publish"), *PLAIN], BOTH),

@@ -575,3 +575,20 @@ def test_reliable_task_on_a_quorum_queue_countdown_and_retry(
     assert before.status is Status.NOTE and "quorum" in before.detail  # not declared until the worker starts
     assert after.get("rabbitmq.queue work").status is Status.PASS
     assert after.get("rabbitmq.delayed_delivery").status is Status.PASS
+
+
+@pytest.mark.redis
+def test_a_redis_without_persistence_is_a_delay_when_every_message_goes_through_the_ledger(
+    redis_servers: Callable[..., RedisServer], apps: Callable[..., Celery], migrated_sqlite: str
+) -> None:
+    server = redis_servers(persistent=False)
+    plain = run_checks(apps(server.url, migrated_sqlite))
+    ledgered = run_checks(apps(server.url, migrated_sqlite, reliable_outbox_only=True))
+    off = run_checks(apps(server.url, migrated_sqlite, reliable_outbox_only=True, reliable_reconcile_after=None))
+    assert plain.get("redis.persistence").status is Status.FAIL
+    assert "reliable_outbox_only" in plain.get("redis.persistence").fix
+    found = ledgered.get("redis.persistence")
+    assert found.status is Status.WARN and "delivery ledger sends each again" in found.detail
+    assert "publish() or apply_async" in found.detail  # what it does not cover
+    assert off.get("redis.persistence").status is Status.FAIL  # no ledger, no excuse
+    assert ledgered.get("redis.recovery").status is Status.PASS

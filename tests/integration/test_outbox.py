@@ -210,7 +210,12 @@ def test_producer_killed_between_commit_and_send_is_relayed_once(
     scenario.wait_empty()
     time.sleep(0.5)
     assert effects(scenario) == {key: [task_id]}
-    assert [(r.task_id, r.status) for r in pending_rows(scenario.db.url)] == [(task_id, "sent")]
+    # and the worker recorded the outcome: the row is done (the delivery ledger stops looking)
+    wait_for(
+        lambda: [(r.task_id, r.status) for r in pending_rows(scenario.db.url)] == [(task_id, "done")],
+        10,
+        what="the row marked done",
+    )
 
 
 SENDING_PRODUCER = """

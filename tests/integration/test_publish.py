@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.orm import Session
 
 from celery_reliable import PublishError, publish, relay_once, upgrade
+from celery_reliable.message.prepare import LEDGER_HEADER
 from celery_reliable.send.publisher import reset_publisher
 from celery_reliable.store.engine import dispose
 from celery_reliable.store.models import PendingMessage
@@ -749,6 +750,9 @@ def test_publish_sends_the_message_send_task_would(
         assert relay_once(app).sent == 1
         app.send_task("t.ok", args, kwargs, task_id=task_id, **options)
         ours, celerys = _comparable(_raw_messages(broker_url, queue))
+        # the one header added: the row waits for its task's outcome (the delivery ledger)
+        assert ours["headers"].pop(LEDGER_HEADER) == 1
+        ours["properties"].get("application_headers", {}).pop(LEDGER_HEADER, None)
         if is_redis(broker_url):
             # built ahead, when the row was written: it names the producer's reply queue
             assert ours["properties"].pop("reply_to") == down.thread_oid

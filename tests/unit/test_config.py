@@ -112,7 +112,8 @@ def _bounds(name: str) -> Bounds:
 
 
 def test_every_numeric_setting_is_covered() -> None:
-    assert len(NUMERIC) == 23 and {"relay_batch_size", "cleanup_interval", "worker_heartbeat"} <= set(NUMERIC)
+    assert len(NUMERIC) == 25 and {"relay_batch_size", "cleanup_interval", "worker_heartbeat"} <= set(NUMERIC)
+    assert {"reconcile_after", "reconcile_rabbitmq_after"} <= set(NUMERIC)
 
 
 def _too_big(name: str) -> object:

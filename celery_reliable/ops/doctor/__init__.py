@@ -75,7 +75,10 @@ def _broker(app: Celery) -> list[Result]:
             if scheme in REDIS_SCHEMES:
                 settings = get_settings(app)
                 recovery = (settings.worker_heartbeat, settings.worker_lost_after)
-                results += redis.run(channel.client, settings.redis_wait_replicas, atomic_fetch_off(app), recovery)
+                ledger = settings.outbox_only and settings.reconcile_after is not None
+                results += redis.run(
+                    channel.client, settings.redis_wait_replicas, atomic_fetch_off(app), recovery, ledger
+                )
             else:
                 results += rabbitmq.run(app, connection.connection)
         except Exception as exc:  # the connection dropped mid-way, a command refused: report, go on

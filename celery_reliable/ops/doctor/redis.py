@@ -55,8 +55,13 @@ def _refused(facts: RedisFacts) -> str:
     return f"CONFIG GET is not allowed on this server ({facts.refused})"
 
 
-def check_persistence(facts: RedisFacts) -> Result:
-    """Without AOF or snapshots a restart of Redis empties every queue."""
+def check_persistence(facts: RedisFacts, ledger: bool = False) -> Result:
+    """Without AOF or snapshots a restart of Redis empties every queue.
+
+    ``ledger``: every message of the app goes through the outbox (``reliable_outbox_only``) and the
+    delivery ledger sends again what Redis loses (``reliable_reconcile_after``): then a Redis
+    without persistence delays messages instead of losing them.
+    """
     appendonly = facts.setting("appendonly")
     aof = appendonly == "yes" if appendonly is not None else _aof_from_info(facts)
     fix_aof = f"redis-cli CONFIG SET appendonly yes; {PERSIST}: appendonly yes"
@@ -86,11 +91,21 @@ def check_persistence(facts: RedisFacts) -> Result:
             "of Redis loses every queued message",
             "turn AOF persistence on in your provider's console",
         )
+    if ledger:
+        return Result(
+            "redis.persistence",
+            Status.WARN,
+            "no persistence (appendonly no, save ''): a restart of Redis empties the queues, and every message "
+            "goes through the outbox, so the delivery ledger sends each again (reliable_reconcile_after after "
+            "it was sent: a delay, not a loss). Not covered: Celery's own messages (retries, chords, beat), and "
+            "anything sent with publish() or apply_async",
+            fix_aof,
+        )
     return Result(
         "redis.persistence",
         Status.FAIL,
         "no persistence (appendonly no, save ''): a restart of Redis loses every queued message",
-        fix_aof,
+        fix_aof + " (or send every message through the outbox with the delivery ledger: reliable_outbox_only)",
     )
 
 
@@ -279,11 +294,12 @@ def run(
     wait_replicas: int = 0,
     fetch_off: str | None = None,
     recovery: tuple[float | None, float] | None = None,
+    ledger: bool = False,
 ) -> list[Result]:
     """Every Redis check against one server; ``recovery``: (reliable_worker_heartbeat, reliable_worker_lost_after)."""
     facts = read_facts(client)
     results = [
-        check_persistence(facts),
+        check_persistence(facts, ledger),
         check_appendfsync(facts),
         check_maxmemory_policy(facts),
         check_replicas(facts, wait_replicas),

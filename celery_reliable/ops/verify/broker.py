@@ -11,7 +11,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from ...broker.facts import REDIS_SCHEMES, broker_scheme
-from ...broker.redis_fetch import stage_list
+from ...broker.redis_wire import stage_list
 
 #: Bound on the HSCAN rounds over Redis's ``unacked`` hash (1000 entries a round).
 SCAN_ROUNDS = 10_000

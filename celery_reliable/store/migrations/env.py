@@ -1,4 +1,5 @@
 """Alembic environment of celery_reliable: its own version table, our metadata only."""
+
 from __future__ import annotations
 
 from typing import Any
