@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 from queue import Empty
 from time import monotonic, time
-from typing import Any
+from typing import Any, NamedTuple
 
 from kombu import Connection
 from kombu.transport import redis as kombu_redis
@@ -88,6 +88,29 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+#: Packed fetches kept per channel (one per queue set and wait: a handful in practice).
+MAX_PACKED = 64
+
+
+class _Packed(NamedTuple):
+    """A fetch's commands as RESP bytes (see AtomicFetch._pack)."""
+
+    pairs: list[tuple[str, str]]  # (queue, list key) in the script's key order
+    blmove: bytes
+    evalsha: bytes  # the EVALSHA command up to its time and entry id
+    last: bytes  # its last argument, the worker id
+
+
+def _bulk(value: str) -> bytes:
+    """One RESP bulk string."""
+    data = value.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _command(args: tuple[str, ...]) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(_bulk(arg) for arg in args)
+
+
 class AtomicFetch(Quarantine):
     """Takes and records each message in one atomic step; mixed into kombu's Redis channels."""
 
@@ -121,6 +144,8 @@ class AtomicFetch(Quarantine):
     _fetch_waited = 0
     #: the delivery tag of the message being delivered (see FetchQoS.append)
     _taken_tag: str | None = None
+    #: the fetch's commands packed once per (queues, wait, script, worker): see _pack
+    _packed: dict[tuple[Any, ...], _Packed] | None = None
 
     @property
     def worker_id(self) -> str | None:
@@ -175,30 +200,42 @@ class AtomicFetch(Quarantine):
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
+        wait = float(timeout or 0)
+        if len(queues) > 1 or monotonic() < self._short_wait_until:
+            wait = min(wait, SHORT_WAIT) if wait else SHORT_WAIT
+        worker_id = self.worker_id or ""
+        cache_key = (tuple(queues), wait, self._take_sha, worker_id)
+        cache = self._packed
+        if cache is None or len(cache) >= MAX_PACKED:
+            cache = self._packed = {}
+        packed = cache.get(cache_key)
+        if packed is None:
+            packed = cache[cache_key] = self._pack(queues, wait, worker_id)
+        self._fetch_id = self._next_entry_id()
+        connection = self.client.connection
+        self._fetch_keys = packed.pairs
+        self._fetch_waited = len(queues)  # index of the list BLMOVE waits on: the first queue's main list
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()
+        # the time and the entry id change with every fetch; the rest is packed once per queue set
+        tail = _bulk(repr(time())) + _bulk(self._fetch_id) + packed.last
+        connection.send_packed_command([packed.blmove, packed.evalsha + tail])
+
+    def _pack(self, queues: list[str], wait: float, worker_id: str) -> _Packed:
+        """The fetch's two commands as RESP bytes, but for the EVALSHA's time and entry id."""
         pairs = [(queue, self._stage(queue)) for queue in queues]
         pairs += [(queue, self._q_for_pri(queue, pri)) for pri in self.priority_steps for queue in queues]
         prefix = self.global_keyprefix or ""
         keys = [prefix + key for _, key in pairs]
         quarantines = [prefix + self._quarantine(queue) for queue, _ in pairs]
-        waited = len(queues)  # index of the list BLMOVE waits on: the first queue's main list
-        wait = float(timeout or 0)
-        if len(queues) > 1 or monotonic() < self._short_wait_until:
-            wait = min(wait, SHORT_WAIT) if wait else SHORT_WAIT
-        self._fetch_id = self._next_entry_id()
-        commands = [
-            ("BLMOVE", keys[waited], keys[0], "RIGHT", "LEFT", f"{wait:g}"),
-            (
-                "EVALSHA", self._take_sha, 2 * len(keys) + 4, *keys, *quarantines,
-                prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + TAKES_KEY,
-                prefix + (self.held_key or held_key("")), repr(time()), self._fetch_id, self.worker_id or "",
-            ),
-        ]  # fmt: skip
-        connection = self.client.connection
-        self._fetch_keys = pairs
-        self._fetch_waited = waited
-        self._in_poll = connection
-        self._brpop_sent_at = monotonic()
-        connection.send_packed_command(connection.pack_commands(commands))
+        blmove = ("BLMOVE", keys[len(queues)], keys[0], "RIGHT", "LEFT", f"{wait:g}")
+        held = prefix + (held_key(worker_id) if worker_id else held_key(""))
+        static = (
+            "EVALSHA", self._take_sha or "", str(2 * len(keys) + 4), *keys, *quarantines,
+            prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + TAKES_KEY, held,
+        )  # fmt: skip
+        head = b"*%d\r\n" % (len(static) + 3) + b"".join(_bulk(arg) for arg in static)
+        return _Packed(pairs, _command(blmove), head, _bulk(worker_id))
 
     def _read_replies(self, connection: Any) -> Any:
         """Both replies, always (an error left unread would answer the next command)."""

@@ -205,6 +205,17 @@ class Broker:
         assert self.redis is not None
         self.redis.start()
 
+    def flushall(self) -> None:
+        """``FLUSHALL`` on the private redis-server: every key of every database is gone."""
+        assert self.redis is not None, "only the private redis-server is flushed"
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.redis.port, socket_connect_timeout=2, socket_timeout=5)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
     def ready_count(self, queue: str) -> int:
         return self.depth(queue)[0]
 
