@@ -107,18 +107,23 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[index]
 
 
+def measure(rounds: int, broker: str, db_url: str | None = None) -> list[float]:
+    """Seconds from each kill to each held message's next start, over ``rounds`` kills (at most 100)."""
+    with tempfile.TemporaryDirectory(prefix="recovery-bench-") as tmp:
+        db_url = db_url or f"sqlite:///{tmp}/reliable.sqlite3"
+        from celery_reliable.store.migrate import upgrade
+
+        upgrade(db_url)
+        return run(max(1, min(rounds, 100)), broker, db_url, Path(tmp))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--db-url", default=None, help="reliability tables (default: a SQLite file in a temp dir)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="recovery-bench-") as tmp:
-        db_url = args.db_url or f"sqlite:///{tmp}/reliable.sqlite3"
-        from celery_reliable.store.migrate import upgrade
-
-        upgrade(db_url)
-        delays = run(max(1, min(args.rounds, 100)), args.broker, db_url, Path(tmp))
+    delays = measure(args.rounds, args.broker, args.db_url)
     p50, p99 = statistics.median(delays), percentile(delays, 0.99)
     print("| measurement | celery_reliable (defaults) | reference | target | met? |")
     print("|---|---|---|---|---|")

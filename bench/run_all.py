@@ -1,6 +1,6 @@
 """Every benchmark in one run, and one table of ratios against plain Celery measured in it.
 
-    python -m bench.run_all [--quick] [--max-rows 1000000] [--parts consumer,publish,fetch]
+    python -m bench.run_all [--quick] [--max-rows 1000000] [--parts consumer,publish,fetch,import,recovery]
 
 (``scripts/bench`` runs it in the project's virtualenv after starting the services.)
 
@@ -17,6 +17,8 @@ Parts, each against plain Celery on the same machine, brokers and database, in t
               the atomic fetch of ``celery_reliable.broker.redis_fetch``
     import    ``bench.bench_import``: ``import celery_reliable`` against the imports any Celery app
               with a SQLAlchemy store pays (``celery.app.task``, ``sqlalchemy.orm``, ``kombu``)
+    recovery  ``bench.bench_recovery``: how soon the messages of a SIGKILLed worker run again on
+              Redis at the default visibility timeout (plain Celery: after the timeout)
 
 The summary is printed and written to ``bench/results/summary.md``; each part's full report
 to ``bench/results/consumer.md`` and ``bench/results/publish.md`` (the directory is git-ignored).
@@ -36,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import bench_consumer, bench_fetch, bench_import, bench_publish
+from bench import bench_consumer, bench_fetch, bench_import, bench_publish, bench_recovery
 from bench.bench_memory import MemoryProbe, mib
 from bench.bench_memory import report_table as memory_table
 
@@ -58,6 +60,8 @@ PUBLISH = {
         "--batch-sizes", "100,500,2000,5000", "--claim-backlog", "10000", "--claim-repeats", "7",
     ],
 }  # fmt: skip
+#: The parts of a run, in order.
+PARTS = ("consumer", "publish", "fetch", "import", "recovery")
 FETCH = {"quick": ["--n", "3000", "--runs", "1"], "full": ["--n", "20000", "--runs", "3"]}
 #: The atomic fetch may cost a consumer at most this share of kombu's fetch rate.
 FETCH_TARGET = 0.85
@@ -290,18 +294,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-rows", type=int, default=None,
         help="largest pending table of the claim measurement (default: 1,000,000 full, 10,000 quick)",
     )  # fmt: skip
-    parser.add_argument(
-        "--parts", default="consumer,publish,fetch,import", help="any of consumer, publish, fetch, import"
-    )
+    parser.add_argument("--parts", default="consumer,publish,fetch,import,recovery", help=f"any of {', '.join(PARTS)}")
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument("--output", default=str(RESULTS / "summary.md"))
     args = parser.parse_args(argv)
     args.part_list = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(args.part_list) - {"consumer", "publish", "fetch", "import"}
+    unknown = set(args.part_list) - set(PARTS)
     if unknown or not args.part_list:
-        parser.error(f"--parts: expected any of consumer, publish, fetch, import, got {args.parts!r}")
+        parser.error(f"--parts: expected any of {', '.join(PARTS)}, got {args.parts!r}")
     if args.max_rows is None:
         args.max_rows = 10_000 if args.quick else 1_000_000
     if args.max_rows < 1_000:
@@ -370,6 +372,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"{imported['ratio']:.2f}x",
                 f"<= {bench_import.TARGET}x, no optional module",
                 imported["ratio"] <= bench_import.TARGET and not optional,
+            )
+        )
+    if "recovery" in args.part_list:
+        bench_consumer.log(f"recovery of a SIGKILLed worker's messages ({mode})")
+        delays = bench_recovery.measure(3 if args.quick else 10, f"{args.redis}/12")
+        p99 = bench_recovery.percentile(delays, 0.99)
+        rows.append(
+            Row(
+                f"SIGKILLed worker (Redis, default visibility timeout): kill -> its messages run again "
+                f"({len(delays)} messages)",
+                f"p50 {statistics.median(delays):.2f} s, p99 {p99:.2f} s",
+                "visibility timeout: 3,600 s (kombu), 600 s (celery_reliable without heartbeats)",
+                "",
+                f"p99 <= {bench_recovery.TARGET_P99:g} s",
+                p99 <= bench_recovery.TARGET_P99,
             )
         )
     minutes = (time.monotonic() - started) / 60
