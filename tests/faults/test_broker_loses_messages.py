@@ -68,7 +68,7 @@ def producer(scenario: Scenario) -> Iterator[Celery]:
     yield from _producer(scenario)
 
 
-def _stage(app: Celery, scenario: Scenario, keys: list[str]) -> list[str]:
+def _stage(app: Celery, scenario: Scenario, keys: list[str], task: str = "t.ok") -> list[str]:
     """Commit one business row and one outbox message per key; the post-commit send takes them to Redis."""
     engine = create_engine(scenario.db.url)
     ids = []
@@ -77,7 +77,7 @@ def _stage(app: Celery, scenario: Scenario, keys: list[str]) -> list[str]:
             box = outbox(session, app)
             for key in keys:
                 session.add(Attempt(key=f"{key}-order", count=1))
-                ids.append(box.send("t.ok", [key], task_id=key))
+                ids.append(box.send(task, [key], task_id=key))
             session.commit()
     finally:
         engine.dispose()

@@ -21,18 +21,16 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
-from sqlalchemy import create_engine, text
-from sqlalchemy.orm import Session
 
-from celery_reliable import outbox, relay_once
+from celery_reliable import relay_once
 from celery_reliable.send.publisher import reset_publisher
 from celery_reliable.send.relay import RelayStats
 from celery_reliable.store.engine import dispose
-from tests.apps.effects import Attempt
 from tests.conftest import Scenario, broker_depth, make_scenario
 from tests.faults.conftest import log_count, wait_log
 from tests.faults.sentinel import TRANSPORT_OPTIONS_ENV, SentinelSet
-from tests.harness import Worker, wait_for
+from tests.faults.test_broker_loses_messages import _check_now, _stage, _statuses
+from tests.harness import wait_for
 from tests.integration.test_publish import effects, pending_rows
 
 pytestmark = [pytest.mark.fault, pytest.mark.redis]
@@ -88,46 +86,6 @@ def producer(scenario: Scenario, sentinels: SentinelSet) -> Iterator[Celery]:
         app.close()
 
 
-def _worker(scenario: Scenario) -> Worker:
-    worker = Worker(scenario.env(), scenario.tmp / "w1.log", f"w1-{scenario.queue}")
-    scenario.workers.append(worker)
-    return worker.start()
-
-
-def _stage(app: Celery, scenario: Scenario, task: str, keys: list[str]) -> list[str]:
-    """One business row and one outbox message per key, in one commit; the post-commit send takes them to Redis."""
-    engine = create_engine(scenario.db.url)
-    try:
-        with Session(engine) as session:
-            box = outbox(session, app)
-            ids = []
-            for key in keys:
-                session.add(Attempt(key=f"{key}-order", count=1))
-                ids.append(box.send(task, [key], task_id=key))
-            session.commit()
-    finally:
-        engine.dispose()
-    return ids
-
-
-def _statuses(scenario: Scenario) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for row in pending_rows(scenario.db.url):
-        found[row.status] = found.get(row.status, 0) + 1
-    return found
-
-
-def _check_now(scenario: Scenario) -> None:
-    """Make every tracked sent row due for its look in Redis now (instead of in reconcile_after)."""
-    engine = create_engine(scenario.db.url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE celery_reliable_pending_message SET next_attempt_at = '2000-01-01 00:00:00'"
-                              " WHERE status = 'sent'"))  # fmt: skip
-    finally:
-        engine.dispose()
-
-
 def _depth(sentinels: SentinelSet, scenario: Scenario) -> tuple[int, int]:
     """(ready, unacknowledged) of the queue on the master the sentinel names now."""
     return broker_depth(sentinels.master_url(), scenario.queue)
@@ -155,7 +113,7 @@ def test_messages_the_promoted_replica_missed_are_sent_again_once(
     # Given a replica that stopped receiving the primary's writes
     sentinels.lag_replica()
     # When N outbox messages are committed: the primary takes them, the replica does not
-    ids = _stage(producer, scenario, "t.ok", keys)
+    ids = _stage(producer, scenario, keys, "t.ok")
     rows = pending_rows(scenario.db.url)
     assert [(r.status, r.tracked) for r in rows] == [("sent", True)] * N
     assert _depth(sentinels, scenario) == (N, 0)
@@ -176,7 +134,7 @@ def test_messages_the_promoted_replica_missed_are_sent_again_once(
     assert sum(stats.lost for stats in passes) == sum(stats.sent for stats in passes) == N, passes
     assert _depth(sentinels, scenario) == (N, 0)
     # and a worker on the new primary runs each exactly once, with its task id; every row ends done
-    _worker(scenario)
+    scenario.worker()
     wait_for(lambda: len(effects(scenario)) == N, 60, what="every message ran")
     wait_for(lambda: _statuses(scenario) == {"done": N}, 20, what="every row done")
     wait_for(lambda: _depth(sentinels, scenario) == (0, 0), 20, what="the queue empty")
@@ -193,12 +151,12 @@ def test_an_idempotent_task_skips_what_the_promoted_replica_still_held(
 ) -> None:
     keys = [f"held-{i}" for i in range(N)]
     # Given N outbox messages the replica received too
-    ids = _stage(producer, scenario, "t.idem", keys)
+    ids = _stage(producer, scenario, keys, "t.idem")
     sentinels.wait_ready()
     assert _queued_on(sentinels.replica.port, scenario.queue) == N
     # When the replica stops receiving writes and a worker runs them all on the primary
     sentinels.lag_replica()
-    worker = _worker(scenario)
+    worker = scenario.worker()
     wait_for(lambda: len(effects(scenario)) == N, 60, what="every message ran")
     wait_for(lambda: _statuses(scenario) == {"done": N}, 20, what="every row done")
     # and the primary dies: the promoted replica missed the takes and acknowledgements, so it still holds them

@@ -87,3 +87,23 @@ def test_several_workers_noticing_at_once_give_each_message_back_once(redis_sqli
     assert (counts.effect("held-1"), counts.effect("held-2")) == (1, 1)
     gave_back = sum("is gone" in w.output() for w in watchers)
     assert gave_back == 1
+
+
+def test_a_killed_workers_scheduled_retry_comes_back_in_seconds(redis_sqlite_scenario: Scenario) -> None:
+    scenario = redis_sqlite_scenario
+    # Given a worker holding a retry due in 10 s (kombu keeps such a message in `unacked` meanwhile)
+    holder = scenario.worker("w1", concurrency=1)
+    scenario.send("t.retry_later", "later-kill-1", 10.0, task_id="later-kill-1")
+    received = "t.retry_later[later-kill-1] received"
+    wait_for(lambda: holder.output().count(received) >= 2, 20, what="the retry received and held")
+    other = scenario.worker("w2", concurrency=1)
+    wait_for(lambda: len(_alive(scenario)) >= 2, 20, what="both workers' heartbeats")
+    # When the holder is SIGKILLed before the retry is due
+    holder.kill()
+    killed_at = time.monotonic()
+    # Then the other worker gets the retry within seconds and runs it when it is due, once
+    wait_for(lambda: received in other.output(), 15, what="the retry given to the live worker")
+    assert time.monotonic() - killed_at < 10
+    wait_for(lambda: scenario.db.counts().effect("later-kill-1") >= 1, 30, what="the retry ran")
+    scenario.wait_empty(20)
+    assert scenario.db.counts().effect("later-kill-1") == 1
