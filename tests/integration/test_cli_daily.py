@@ -10,27 +10,35 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from celery import Celery
 
+from celery_reliable import upgrade
+from celery_reliable.store.engine import dispose
 from celery_reliable.store.migrate import head_revision
 from tests.harness import reliable_cli
-from tests.integration.test_cli_ops import (  # noqa: F401  (fixtures)
-    app,
-    cli,
-    db,
-    failed,
-    failed_rows,
-    now,
-    pending,
-    pending_rows,
-    seed,
-)
+from tests.integration.test_cli_ops import cli, failed, failed_rows, make_app, now, pending, pending_rows, seed
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def db(sqlite_db: str) -> str:
+    """A migrated SQLite database."""
+    upgrade(sqlite_db)
+    return sqlite_db
+
+
+@pytest.fixture
+def app(db: str) -> Iterator[Celery]:
+    """An operator app registering t.a and t.b; the broker is never used."""
+    made = make_app(db)
+    yield made
+    dispose(made)
 
 
 def _project(tmp_path: Path, db_url: str, discover: str) -> None:
