@@ -40,6 +40,8 @@ class FailureRecord:
     attempts: int = 1
     hostname: str = ""
     replay_of_id: int | None = None
+    #: when the first attempt failed (carried by the task's retries); None: this attempt was the first
+    first_failed_at: datetime | None = None
 
 
 @contextmanager
@@ -107,9 +109,10 @@ def record_failure(app: Celery, record: FailureRecord) -> int:
         "replay_of_id": record.replay_of_id,
     }
     now = utcnow()
+    first = now if record.first_failed_at is None else min(record.first_failed_at, now)
     try:
         with session_scope(app) as session:
-            row = FailedTask(**values, first_failed_at=now, last_failed_at=now)
+            row = FailedTask(**values, first_failed_at=first, last_failed_at=now)
             session.add(row)
             session.flush()
             return row.id
