@@ -31,15 +31,18 @@ def reliable(ctx: click.Context) -> None:
     """celery_reliable: pending and failed messages, migrations, checks."""
 
 
-def app_of(ctx: click.Context) -> Celery:
-    """The Celery app given with ``celery -A proj``, with its task modules imported.
+def app_of(ctx: click.Context, tasks: bool = True) -> Celery:
+    """The Celery app given with ``celery -A proj``, with its task modules imported (``tasks``).
 
     ``celery -A proj`` imports only the module that defines the app; a worker then imports the
     task modules (``Celery(include=[...])``, ``imports``, ``app.autodiscover_tasks()``) through
-    Celery's loader. The commands do the same, so they know every task a worker of the app runs.
+    Celery's loader. The commands that check task names do the same, so they know every task a
+    worker of the app runs; ``status``, ``doctor`` (which reports a failed import as a check) and
+    ``verify`` do not need to.
     """
     app: Celery = ctx.obj.app
-    load_tasks(app)
+    if tasks:
+        load_tasks(app)
     return app
 
 

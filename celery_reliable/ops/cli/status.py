@@ -37,7 +37,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     Exit code 0: nothing needs a person; 1: something does (each reason is listed) or the
     database cannot be read.
     """
-    app = app_of(ctx)
+    app = app_of(ctx, tasks=False)
     with reliable_errors():
         settings = get_settings(app)
         result = summary(app, command=command_of(ctx))
