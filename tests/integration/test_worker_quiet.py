@@ -30,14 +30,19 @@ class Events:
         deadline = time.monotonic() + limit
         with self.app.connection_for_read() as conn:
             receiver = self.app.events.Receiver(conn, handlers={"*": self.seen.append})
-            consumer = receiver.consumer(wakeup=False)
-            with consumer:
+            consume_ready = receiver.on_consume_ready
+
+            def on_ready(*args: Any, **kwargs: Any) -> None:
+                consume_ready(*args, **kwargs)
                 self.ready.set()
-                while not self.stop.is_set() and time.monotonic() < deadline:
-                    try:
-                        conn.drain_events(timeout=0.5)
-                    except TimeoutError:
-                        continue
+
+            def on_iteration() -> None:  # checked at least every 0.5 s (safety_interval)
+                receiver.should_stop = self.stop.is_set() or time.monotonic() > deadline
+
+            receiver.on_consume_ready = on_ready  # type: ignore[method-assign]
+            receiver.on_iteration = on_iteration  # type: ignore[method-assign]
+            for _ in receiver.consume(limit=None, timeout=None, safety_interval=0.5, wakeup=False):
+                pass
 
     def __enter__(self) -> Events:
         self.thread.start()
