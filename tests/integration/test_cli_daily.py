@@ -41,17 +41,23 @@ def app(db: str) -> Iterator[Celery]:
     dispose(made)
 
 
+#: The project's task module, apart from the module that defines the app.
+TASKS = """\
+from celery import shared_task
+
+
+@shared_task(name="shop.charge")
+def charge(*args, **kwargs):
+    pass
+"""
+
+
 def _project(tmp_path: Path, db_url: str, discover: str) -> None:
     """A project whose tasks live in a module of their own, found with ``include=`` or autodiscovery."""
     package = tmp_path / "shop"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "tasks.py").write_text(
-        "from celery import shared_task\n"
-        "@shared_task(name='shop.charge')\n"
-        "def charge(*args, **kwargs):\n"
-        "    pass\n"
-    )
+    (package / "tasks.py").write_text(TASKS)
     include = "include=['shop.tasks'], " if discover == "include" else ""
     (tmp_path / "shopapp.py").write_text(
         "from celery import Celery\n"
