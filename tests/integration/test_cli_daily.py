@@ -27,10 +27,19 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def db(sqlite_db: str) -> str:
-    """A migrated SQLite database."""
-    upgrade(sqlite_db)
-    return sqlite_db
+def db(request: pytest.FixtureRequest) -> str:
+    """A migrated database: SQLite, or the one named by indirect parametrization."""
+    url = str(request.getfixturevalue(f"{getattr(request, 'param', 'sqlite')}_db"))
+    upgrade(url)
+    return url
+
+
+#: Run a test on each supported database (the default is SQLite alone).
+ON_EVERY_DATABASE = pytest.mark.parametrize(
+    "db",
+    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)],
+    indirect=True,
+)
 
 
 @pytest.fixture
@@ -114,6 +123,7 @@ def test_a_task_filter_naming_no_task_is_bad_usage(app: Celery, db: str) -> None
     assert refused.exit_code == 2 and "so its rows cannot be sent" in refused.stderr
 
 
+@ON_EVERY_DATABASE
 def test_pending_list_shows_unsent_rows_newest_first_and_pages(app: Celery, db: str) -> None:
     # Given 70 sent outbox rows, then one row waiting to be sent
     sent = seed(db, *[pending("sent", age=100 - i) for i in range(70)])
@@ -146,6 +156,7 @@ def test_pending_list_shows_unsent_rows_newest_first_and_pages(app: Celery, db: 
     assert listing[-1].endswith("failed list --limit 2 --page 2")
 
 
+@ON_EVERY_DATABASE
 def test_search_short_exception_names_and_time_windows(app: Celery, db: str) -> None:
     # Given failures with different arguments, messages and exception types, one of them old
     order, timeout, old = seed(
