@@ -220,6 +220,13 @@ class ReliableSettings:
             seconds(DAY, low_open=True),
         ),
     )
+    beat_task_events: bool = field(
+        default=False,
+        metadata=doc(
+            "Send task events (Flower, celery events) for the library's beat tasks celery_reliable.relay and "
+            "celery_reliable.cleanup; off, a relay run every few seconds does not fill Flower's task list."
+        ),
+    )
     relay_batch_size: int = field(
         default=2000,
         metadata=doc(

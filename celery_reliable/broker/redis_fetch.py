@@ -38,6 +38,7 @@ otherwise it logs why and fetches the way kombu does.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from queue import Empty
 from time import monotonic, time
 from typing import Any, NamedTuple
@@ -352,13 +353,40 @@ class FetchConnection(Connection):
     #: The id of the worker consuming on this connection (see :mod:`.redis_liveness`).
     reliable_worker_id: str | None = None
 
+    #: The scheme of the broker URL (``redis``, ``rediss``, ``sentinel``), shown in logs.
+    reliable_scheme: str | None = None
+
     def switch(self, conn_str: str) -> None:
         super().switch(conn_str)
-        transport = BY_SCHEME.get(str(self.transport_cls))
+        scheme = str(self.transport_cls)
+        transport = BY_SCHEME.get(scheme)
         if transport is not None:
+            self.reliable_scheme = scheme
             self.transport_cls = transport
+
+    def as_uri(
+        self, include_password: bool = False, mask: str = "**", getfields: Callable[..., Any] | None = None
+    ) -> str:
+        """The URL with the scheme the user wrote (``redis://``), not the transport's import path.
+
+        The worker logs ``Connected to <this>``; kombu would write the transport class
+        (``celery_reliable.broker.redis_fetch:Transport://``).
+        """
+        if getfields is None:
+            uri = str(super().as_uri(include_password, mask))
+        else:
+            uri = str(super().as_uri(include_password, mask, getfields))
+        transport = f"{self.transport_cls}://"
+        if not uri.startswith(transport):
+            return uri
+        scheme = self.reliable_scheme or (
+            "sentinel" if self.transport_cls == BY_SCHEME.get("sentinel") else "rediss" if self.ssl else "redis"
+        )
+        return f"{scheme}://{uri[len(transport) :]}"
 
 
 def fetch_connection(connection: Connection, transport: str) -> FetchConnection:
     """``connection`` (as Celery made it, with all its settings) on the atomic-fetch ``transport``."""
-    return FetchConnection(**dict(connection._info(resolve=False), transport=transport))
+    fetching = FetchConnection(**dict(connection._info(resolve=False), transport=transport))
+    fetching.reliable_scheme = str(connection.transport_cls)
+    return fetching

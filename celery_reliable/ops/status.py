@@ -81,8 +81,13 @@ def backlog_threshold(settings: ReliableSettings) -> float:
     return max(BACKLOG_INTERVALS * interval, settings.outbox_grace + 2 * interval, BACKLOG_MIN_SECONDS)
 
 
-def summary(app: Celery) -> Summary:
+def summary(app: Celery, *, command: str | None = None) -> Summary:
     """Count the pending, failed and processed rows of ``app``'s database.
+
+    Args:
+        app: the app whose tables are read.
+        command: how the advice in ``attention`` writes the command line (default
+            ``celery -A <app.main> reliable``).
 
     Raises:
         StoreError: the database cannot be reached or is not migrated.
@@ -124,22 +129,32 @@ def summary(app: Celery) -> Summary:
         failed_by_status=by_status,
         replayed=by_status.get(FailureStatus.REPLAYED, 0),
         processed_ids=processed,
-        attention=_attention(get_settings(app), pending, age, by_status),
+        attention=_attention(
+            get_settings(app), pending, age, by_status, command or f"celery -A {app.main or 'proj'} reliable"
+        ),
     )
 
 
 def _attention(
-    settings: ReliableSettings, pending: dict[str, int], age: float | None, failed: dict[str, int]
+    settings: ReliableSettings, pending: dict[str, int], age: float | None, failed: dict[str, int], command: str
 ) -> list[str]:
     reasons: list[str] = []
     waiting = failed.get(FailureStatus.FAILED, 0)
     if waiting:
-        reasons.append(f"{waiting} failed task(s) await a replay or a purge (celery -A proj reliable failed list)")
+        reasons.append(f"{waiting} failed task(s) await a replay or a purge ({command} failed list)")
     for status in STUCK_PENDING:
-        if pending.get(status):
+        if not pending.get(status):
+            continue
+        if status == PendingStatus.EXPIRED:  # resend skips them: they must not run any more
+            reasons.append(
+                f"{pending[status]} pending message(s) are expired: their expires passed before they were sent, "
+                f"so they will not run; drop them ({command} pending drop --status expired) and publish "
+                "again with a new expires if the work is still wanted"
+            )
+        else:
             reasons.append(
                 f"{pending[status]} pending message(s) are {status}: resend or drop them "
-                f"(celery -A proj reliable pending list --status {status})"
+                f"({command} pending list --status {status})"
             )
     threshold = backlog_threshold(settings)
     if age is not None and age > threshold:

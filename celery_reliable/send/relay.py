@@ -276,11 +276,20 @@ def relay_once(
             "Relay pass: %d claimed, %d sent, %d failed, %d dead, %d expired, %d invalid, %d lost by the broker",
             total.claimed, total.sent, total.failed, total.dead, total.expired, total.invalid, total.lost,
         )  # fmt: skip
+    else:
+        logger.debug("Relay pass: nothing due")
     return total
 
 
-@shared_task(name="celery_reliable.relay", bind=True, ignore_result=True)
-def relay(self: Task) -> dict[str, int]:  # type: ignore[type-arg]
-    """Send pending messages (scheduled by beat every ``reliable_relay_interval`` seconds)."""
+@shared_task(name="celery_reliable.relay", bind=True, ignore_result=True, send_events=False)
+def relay(self: Task) -> dict[str, int] | None:  # type: ignore[type-arg]
+    """Send pending messages (scheduled by beat every ``reliable_relay_interval`` seconds).
+
+    Returns None when the pass found nothing to do: the worker then logs the run at DEBUG
+    (:mod:`celery_reliable.worker.quiet`). No task events unless ``reliable_beat_task_events``:
+    a run every few seconds would fill Flower's task list.
+    """
     stats = relay_once(self.app)
+    if not (stats.claimed or stats.lost):
+        return None
     return {"claimed": stats.claimed, "sent": stats.sent, "failed": stats.failed}

@@ -13,12 +13,17 @@ from .processed import purge_processed
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="celery_reliable.cleanup", bind=True, ignore_result=True)
-def cleanup(self: Task) -> int:  # type: ignore[type-arg]
-    """Delete processed task ids and sent pending rows past their retention."""
+@shared_task(name="celery_reliable.cleanup", bind=True, ignore_result=True, send_events=False)
+def cleanup(self: Task) -> int | None:  # type: ignore[type-arg]
+    """Delete processed task ids and sent pending rows past their retention.
+
+    Returns None when nothing was deleted (the worker then logs the run at DEBUG); no task
+    events unless ``reliable_beat_task_events``.
+    """
     settings = get_settings(self.app)
     removed = purge_processed(self.app, settings.idempotency_retention)
     removed += purge_sent(self.app, settings.pending_retention)
-    if removed:
-        logger.info("celery_reliable.cleanup removed %d processed ids", removed)
+    if not removed:
+        return None
+    logger.info("celery_reliable.cleanup removed %d processed ids and sent pending rows", removed)
     return removed

@@ -10,13 +10,13 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..exceptions import StoreError
 from .engine import get_sessionmaker, safe_url
-from .filters import RowFilter
+from .filters import RowFilter, like_pattern
 from .models import FailedTask, FailureStatus, utcnow
 from .payload import to_stored_lenient
 
@@ -40,6 +40,8 @@ class FailureRecord:
     attempts: int = 1
     hostname: str = ""
     replay_of_id: int | None = None
+    #: when the first attempt failed (carried by the task's retries); None: this attempt was the first
+    first_failed_at: datetime | None = None
 
 
 @contextmanager
@@ -107,9 +109,10 @@ def record_failure(app: Celery, record: FailureRecord) -> int:
         "replay_of_id": record.replay_of_id,
     }
     now = utcnow()
+    first = now if record.first_failed_at is None else min(record.first_failed_at, now)
     try:
         with session_scope(app) as session:
-            row = FailedTask(**values, first_failed_at=now, last_failed_at=now)
+            row = FailedTask(**values, first_failed_at=first, last_failed_at=now)
             session.add(row)
             session.flush()
             return row.id
@@ -131,21 +134,29 @@ def record_failure(app: Celery, record: FailureRecord) -> int:
 
 @dataclass(frozen=True)
 class FailureFilter(RowFilter):
-    """Which failed rows to select; ``None`` means any (the window applies to the last failure)."""
+    """Which failed rows to select; ``None`` means any (the window applies to the last failure).
+
+    ``exc_type`` matches the stored type or its last dotted parts (``InvalidOrder`` matches
+    ``shop.tasks.InvalidOrder``); ``search`` looks in the task id, the arguments and the
+    exception message.
+    """
 
     model = FailedTask
     time_column = "last_failed_at"
+    search_columns = ("task_id", "args", "kwargs", "exc_message")
 
     task_name: str | None = None
     exc_type: str | None = None
-    status: str | None = None
+    status: str | Sequence[str] | None = None
     since: datetime | None = None
     until: datetime | None = None
     ids: Sequence[int] | None = None
+    search: str | None = None
 
     def apply_own(self, query: Select[Any]) -> Select[Any]:
         if self.exc_type is not None:
-            query = query.where(FailedTask.exc_type == self.exc_type)
+            short = FailedTask.exc_type.like(like_pattern(self.exc_type, prefix="%.", suffix=""), escape="\\")
+            query = query.where(or_(FailedTask.exc_type == self.exc_type, short))
         return query
 
 

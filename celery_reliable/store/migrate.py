@@ -6,6 +6,10 @@ Tables are created and changed only here, on request (``celery -A proj reliable 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -53,6 +57,26 @@ def _url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
 
+@contextmanager
+def quiet_alembic() -> Iterator[None]:
+    """Alembic's ``alembic`` logger at WARNING for the call, unless the user configured it.
+
+    Alembic logs "Context impl PostgresqlImpl." and "Will assume transactional DDL." at INFO each
+    time a migration context opens; when the library checks or migrates its tables from a worker
+    they would land in the worker's log. A level or a handler set on ``alembic`` is left alone.
+    """
+    log = logging.getLogger("alembic")
+    configured = [h for h in log.handlers if not isinstance(h, logging.NullHandler)]  # Alembic adds a NullHandler
+    if log.level != logging.NOTSET or configured:
+        yield
+        return
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(logging.NOTSET)
+
+
 def upgrade(target: Celery | str | Engine, revision: str = "head") -> None:
     """Bring the reliability tables of ``target`` (an app, a URL or an engine) to ``revision``."""
     _run(target, lambda cfg: command.upgrade(cfg, revision))
@@ -69,7 +93,7 @@ def _run(target: Celery | str | Engine, action) -> None:  # type: ignore[no-unty
     except StoreError as exc:
         raise StoreError(f"migration failed: {exc}") from exc.__cause__
     try:
-        with engine.begin() as connection:
+        with quiet_alembic(), engine.begin() as connection:
             config = alembic_config()
             config.attributes["connection"] = connection
             action(config)
@@ -94,7 +118,7 @@ def current_revision(target: Celery | str | Engine) -> str | None:
     """The revision the database is at, or ``None`` if it was never migrated."""
     engine, owned = _engine(target)
     try:
-        with engine.connect() as connection:
+        with quiet_alembic(), engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
             return context.get_current_revision()
     except SQLAlchemyError as exc:

@@ -120,23 +120,38 @@ def list_pending(app: Celery, status: str | None = None, limit: int = 100) -> li
 
 @dataclass(frozen=True)
 class PendingFilter(RowFilter):
-    """Which pending rows to select; ``None`` means any (the window applies to when the row was written)."""
+    """Which pending rows to select; ``None`` means any (the window applies to when the row was written).
+
+    ``search`` looks in the task id, the arguments and the last send error.
+    """
 
     model = PendingMessage
     time_column = "created_at"
+    search_columns = ("task_id", "args", "kwargs", "last_error")
 
-    status: str | None = None
+    status: str | Sequence[str] | None = None
     task_name: str | None = None
     since: datetime | None = None
     until: datetime | None = None
     ids: Sequence[int] | None = None
+    search: str | None = None
 
 
-def find_pending(app: Celery, filter: PendingFilter | None = None, limit: int = 100) -> list[PendingMessage]:
-    """Selected pending rows, oldest first."""
-    query = (filter or PendingFilter()).apply(select(PendingMessage)).order_by(PendingMessage.id).limit(limit)
+def find_pending(
+    app: Celery, filter: PendingFilter | None = None, limit: int = 100, offset: int = 0, newest_first: bool = False
+) -> list[PendingMessage]:
+    """Selected pending rows, oldest first (``newest_first``: the other way), ``offset`` rows skipped."""
+    order = PendingMessage.id.desc() if newest_first else PendingMessage.id
+    query = (filter or PendingFilter()).apply(select(PendingMessage)).order_by(order).limit(limit).offset(offset)
     with session_scope(app) as session:
         return list(session.execute(query).scalars())
+
+
+def count_pending(app: Celery, filter: PendingFilter | None = None) -> int:
+    """How many pending rows the filter selects."""
+    query = (filter or PendingFilter()).apply(select(func.count()).select_from(PendingMessage))
+    with session_scope(app) as session:
+        return int(session.execute(query).scalar_one())
 
 
 def pending_ids(app: Celery, filter: PendingFilter | None = None) -> list[tuple[int, str]]:

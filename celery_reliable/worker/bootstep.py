@@ -8,6 +8,7 @@ from typing import Any
 from celery import bootsteps
 
 from ..config import get_settings
+from .quiet import LIBRARY_TASKS, quiet_beat_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +19,9 @@ DEFAULT_PREFETCH = 4
 class ReliableWorkerStep(bootsteps.StartStopStep):
     """Prefetch multiplier 1 for ``celery worker``, and a start-up line saying what is in force.
 
+    Also keeps the library's beat tasks quiet: their idle runs log at DEBUG, and they send task
+    events only with ``reliable_beat_task_events``.
+
     ``celery worker`` reads ``--prefetch-multiplier``'s default from the configuration before
     the app (and so ReliableTask) is set up; this step runs after that, before the consumer
     is built.
@@ -27,6 +31,12 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         settings = get_settings(worker.app)
+        quiet_beat_tasks()
+        if settings.beat_task_events:  # the tasks are declared with send_events=False
+            for name in LIBRARY_TASKS:
+                task = worker.app.tasks.get(name)
+                if task is not None:
+                    task.send_events = True
         self.changed_prefetch = False
         if settings.apply_transport_defaults and worker.prefetch_multiplier == DEFAULT_PREFETCH:
             worker.prefetch_multiplier = 1

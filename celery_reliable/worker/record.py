@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import traceback as tb_module
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 from celery.app.task import Context
@@ -22,6 +23,34 @@ STANDARD_HEADERS = PROTOCOL_HEADERS | frozenset(
         "task_name", "worker_pid", "content_type", "content_encoding",
     }
 )  # fmt: skip
+
+
+#: The header a retry carries: when the task's first attempt failed (ISO 8601, UTC), so the stored
+#: failure's ``first_failed_at`` is that time, not the last attempt's. Not kept for a replay.
+FIRST_FAILED_HEADER = "x_reliable_first_failed_at"
+
+
+def first_failed_at(request: Mapping[str, Any]) -> datetime | None:
+    """When the first attempt of ``request``'s task failed, as its retries carried it; None if unknown."""
+    headers = request.get("headers")
+    value = headers.get(FIRST_FAILED_HEADER) if isinstance(headers, Mapping) else None
+    value = value or request.get(FIRST_FAILED_HEADER)
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+
+
+def retry_headers(request: Any, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The headers of a retry of ``request``: those Celery passes on (or ``given``), and when the
+    first attempt failed (now, if this is the first retry)."""
+    headers = dict((request.headers or {}) if given is None else given)
+    first = first_failed_at(vars(request)) or datetime.now(timezone.utc)
+    headers[FIRST_FAILED_HEADER] = first.isoformat()
+    return headers
 
 
 def _signatures(value: Any) -> list[Any] | None:
@@ -44,6 +73,7 @@ def replay_options(request: Mapping[str, Any]) -> dict[str, Any]:
             if k not in STANDARD_HEADERS and not hasattr(Context, k) and not k.startswith(("_", "reliable_"))
         }
     )
+    user_headers.pop(FIRST_FAILED_HEADER, None)  # a replay's attempts are counted afresh
     options: dict[str, Any] = {
         "exchange": delivery.get("exchange"),
         "routing_key": delivery.get("routing_key"),
@@ -93,4 +123,5 @@ def from_request(
         attempts=int(request.get("retries") or 0) + 1,
         hostname=hostname or str(request.get("hostname") or ""),
         replay_of_id=int(replay_of) if isinstance(replay_of, int | str) and str(replay_of).isdigit() else None,
+        first_failed_at=first_failed_at(request),
     )

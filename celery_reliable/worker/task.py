@@ -245,6 +245,7 @@ class ReliableTask(_TaskBase):
         countdown = kwargs.get("countdown")
         if isinstance(countdown, int | float):
             kwargs["countdown"] = sendable_countdown(countdown)
+        kwargs["headers"] = record.retry_headers(self.request, kwargs.get("headers"))  # first_failed_at
         try:
             with celery_path():
                 return super().retry(*args, **kwargs)

@@ -314,7 +314,8 @@ def test_failed_list_filters_and_show(app: Celery, db: str) -> None:
     # The table is aligned and the detail shows arguments and traceback
     listing = cli(app, "failed", "list", "--task", "t.b").stdout.splitlines()
     assert listing[0].split()[:4] == ["id", "status", "task", "exception"]
-    assert [line.split()[0] for line in listing[1:]] == [str(old), str(b1)]
+    assert [line.split()[0] for line in listing[1:-1]] == [str(old), str(b1)]
+    assert listing[-1] == "showing 1-2 of 2 failed tasks, newest first"
     shown = cli(app, "failed", "show", str(a2))
     assert shown.exit_code == 0 and '[1, "x"]' in shown.stdout and "Traceback (most recent" in shown.stdout
     assert json.loads(cli(app, "failed", "show", str(a2), "--json").stdout)["exc_type"] == "KeyError"
@@ -430,8 +431,9 @@ def test_pending_list_resend_and_drop(sender: Celery, db: str, redis_url: str) -
     )  # fmt: skip
     before = pending_rows(db)
     assert [r["id"] for r in json.loads(cli(sender, "pending", "list", "--status", "dead", "--json").stdout)] == [dead]
-    listing = cli(sender, "pending", "list").stdout.splitlines()
-    assert listing[0].split()[:3] == ["id", "status", "task"] and len(listing) == 5
+    listing = cli(sender, "pending", "list", "--status", "all").stdout.splitlines()
+    assert listing[0].split()[:3] == ["id", "status", "task"] and len(listing) == 6
+    assert [line.split()[0] for line in listing[1:-1]] == [str(expired), str(sent), str(dead), str(waiting)]
     # When a resend is refused, dry-run, or names an unknown id: nothing changes
     assert cli(sender, "pending", "resend", str(waiting), str(dead), input="n\n").exit_code == 1
     assert "would resend 2" in cli(sender, "pending", "resend", "--all", "--dry-run").stdout

@@ -44,8 +44,11 @@ def test_success_transient_and_exhausted(scenario: Scenario) -> None:
     assert row["exc_message"] == "always fails: bad-1"
     assert "raise ValueError" in row["traceback"]
     assert row["attempts"] == 4
+    # the first of the 4 attempts failed before the last one (the retries carried its time)
+    assert row["first_failed_at"] < row["last_failed_at"]
     assert row["args"] == ["bad-1"] and row["kwargs"] == {}
     assert row["options"]["routing_key"] == scenario.queue
+    assert "x_reliable_first_failed_at" not in row["options"].get("headers", {})  # a replay counts afresh
     assert row["hostname"].startswith("w1-")
 
 

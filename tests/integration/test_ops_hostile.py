@@ -100,10 +100,11 @@ def test_stored_terminal_escapes_never_reach_the_terminal(tmp_path: Path) -> Non
     where = project(tmp_path, db_url)
 
     human = [
-        ("failed", "list"), ("failed", "show", str(failure)), ("pending", "list"), ("pending", "show", str(pending)),
-        ("status",), ("failed", "replay", str(failure), "--yes"), ("metrics",),
+        ("failed", "list"), ("failed", "show", str(failure)), ("pending", "list", "--status", "dead"),
+        ("pending", "show", str(pending)), ("status",), ("failed", "replay", str(failure), "--yes"), ("metrics",),
     ]  # fmt: skip
-    machine = [("failed", "list", "--json"), ("failed", "show", str(failure), "--json"), ("pending", "list", "--json")]
+    machine = [("failed", "list", "--json"), ("failed", "show", str(failure), "--json"),
+               ("pending", "list", "--status", "dead", "--json")]  # fmt: skip
     runs = run_all(where, *human, *machine)
 
     for run in runs.values():
@@ -125,7 +126,8 @@ def test_stored_terminal_escapes_never_reach_the_terminal(tmp_path: Path) -> Non
     listed = json.loads(runs[("failed", "list", "--json")].out)
     assert [(r["task_name"], r["hostname"]) for r in listed] == [(f"t.evil{EVIL}", f"host{EVIL}")]
     assert json.loads(runs[("failed", "show", str(failure), "--json")].out)["traceback"].endswith("\x9b31mred")
-    assert json.loads(runs[("pending", "list", "--json")].out)[0]["last_error"] == f"OperationalError{EVIL}"
+    dead = json.loads(runs[("pending", "list", "--status", "dead", "--json")].out)
+    assert dead[0]["last_error"] == f"OperationalError{EVIL}"
 
 
 # --- settings -------------------------------------------------------------------------------------

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from celery_reliable.worker.record import format_exception, from_request, replay_options
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+from celery_reliable.worker.record import (
+    FIRST_FAILED_HEADER,
+    format_exception,
+    from_request,
+    replay_options,
+    retry_headers,
+)
 
 
 def _request(**extra: object) -> dict[str, object]:
@@ -47,3 +56,22 @@ def test_exception_names_are_qualified_except_builtins() -> None:
     assert name.endswith("test_record.test_exception_names_are_qualified_except_builtins.<locals>.CardDeclined")
     assert (message, text) == ("no funds", "Traceback ...")
     assert format_exception(KeyError("k"))[0] == "KeyError"
+
+
+def test_the_first_failure_time_travels_with_the_retries() -> None:
+    # Given a first attempt that fails: its retry carries the time, with the request's own headers
+    first = SimpleNamespace(headers={"tenant": "acme"})
+    before = datetime.now(timezone.utc)
+    sent = retry_headers(first, None)
+    assert sent["tenant"] == "acme" and before <= datetime.fromisoformat(sent[FIRST_FAILED_HEADER])
+    # When the retried attempt fails again: the same time goes on, and headers given to retry() are kept
+    later = SimpleNamespace(headers=dict(sent))
+    assert retry_headers(later, {"x": 1}) == {"x": 1, FIRST_FAILED_HEADER: sent[FIRST_FAILED_HEADER]}
+    # Then the stored record says when the first attempt failed; a replay does not inherit it
+    record = from_request("shop.charge", _request(headers=dict(sent)), ValueError("x"), reason="exception")
+    assert record.first_failed_at == datetime.fromisoformat(sent[FIRST_FAILED_HEADER])
+    assert FIRST_FAILED_HEADER not in record.options["headers"]
+    # And a request without it, or with garbage in it, was its task's first failure
+    assert from_request("shop.charge", _request(), ValueError("x"), reason="exception").first_failed_at is None
+    garbled = _request(headers={FIRST_FAILED_HEADER: "yesterday"})
+    assert from_request("shop.charge", garbled, ValueError("x"), reason="exception").first_failed_at is None

@@ -12,6 +12,7 @@ from . import failed_replay as _failed_replay
 from . import flower as _flower
 from . import metrics as _metrics
 from . import pending as _pending
+from . import pending_resend as _pending_resend
 from . import relay as _relay
 from . import status as _status
 from . import verify as _verify
@@ -22,5 +23,5 @@ __all__ = ["reliable"]
 del _db
 del _doctor
 del _flower, _metrics
-del _failed, _failed_replay, _pending, _relay, _status
+del _failed, _failed_replay, _pending, _pending_resend, _relay, _status
 del _verify

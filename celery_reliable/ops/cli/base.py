@@ -9,6 +9,7 @@ escapes, so it is safe as it is.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -30,10 +31,56 @@ def reliable(ctx: click.Context) -> None:
     """celery_reliable: pending and failed messages, migrations, checks."""
 
 
-def app_of(ctx: click.Context) -> Celery:
-    """The Celery app given with ``celery -A proj``."""
+def app_of(ctx: click.Context, tasks: bool = True) -> Celery:
+    """The Celery app given with ``celery -A proj``, with its task modules imported (``tasks``).
+
+    ``celery -A proj`` imports only the module that defines the app; a worker then imports the
+    task modules (``Celery(include=[...])``, ``imports``, ``app.autodiscover_tasks()``) through
+    Celery's loader. The commands that check task names do the same, so they know every task a
+    worker of the app runs; ``status``, ``doctor`` (which reports a failed import as a check) and
+    ``verify`` do not need to.
+    """
     app: Celery = ctx.obj.app
+    if tasks:
+        load_tasks(app)
     return app
+
+
+def load_tasks(app: Celery) -> None:
+    """Import the app's task modules the way ``celery worker`` does; a clean error if that fails."""
+    try:
+        app.loader.import_default_modules()
+    except ReliableError as exc:
+        raise CleanError(str(exc)) from None
+    except Exception as exc:
+        raise CleanError(
+            f"importing the task modules of app {app.main!r} failed ({type(exc).__name__}: {exc}); "
+            "a worker of this app would fail the same way: fix the import"
+        ) from None
+
+
+#: How the docs and stored messages write the command; replaced by the one the operator typed.
+GENERIC_COMMAND = "celery -A proj reliable"
+
+
+def command_of(ctx: click.Context | None = None) -> str:
+    """``celery -A <app> reliable``, with the ``-A`` value this command was started with.
+
+    Outside Celery's command line (tests, another click group) the app's main name stands in.
+    """
+    ctx = ctx or click.get_current_context(silent=True)
+    if ctx is None:
+        return GENERIC_COMMAND
+    value = ctx.find_root().params.get("app")
+    if not isinstance(value, str) or not value:
+        app = getattr(ctx.obj, "app", None)
+        value = getattr(app, "main", None) or "proj"
+    return f"celery -A {shlex.quote(value)} reliable"
+
+
+def with_command(text: str) -> str:
+    """``text`` with the generic ``celery -A proj reliable`` replaced by this command's own."""
+    return text.replace(GENERIC_COMMAND, command_of()) if GENERIC_COMMAND in text else text
 
 
 def json_option(func: F) -> F:
@@ -42,7 +89,13 @@ def json_option(func: F) -> F:
 
 
 class CleanError(click.ClickException):
-    """``Error: ...`` and exit code 1, with the control characters of the message escaped."""
+    """``Error: ...`` and exit code 1, with the control characters of the message escaped.
+
+    A ``celery -A proj reliable`` hint in the message names the app the way the operator did.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(with_command(message))
 
     def format_message(self) -> str:
         return printable(self.message, multiline=True)

@@ -19,7 +19,7 @@ from .base import app_of, echo, echo_json, json_option, reliable, reliable_error
 def doctor(ctx: click.Context, as_json: bool, strict: bool) -> None:
     """Check the broker, database and settings; exit 1 if any check FAILs."""
     with reliable_errors():
-        report = run_checks(app_of(ctx))
+        report = run_checks(app_of(ctx, tasks=False))
     code = report.exit_code(strict)
     if as_json:
         counts = {status.value: n for status, n in report.counts().items()}

@@ -12,6 +12,7 @@ from celery.bin.base import CeleryCommand
 
 from ...store.failures import (
     FailureFilter,
+    count_failures,
     failure_ids,
     failure_states,
     get_failure,
@@ -29,7 +30,7 @@ from .options import (
     short_time,
     yes_option,
 )
-from .rows import Rows, task_window_options
+from .rows import Rows, page_options, task_window_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,13 +51,13 @@ def filter_options(func: F) -> F:
 
 def task_filter_options(func: F) -> F:
     """``--task``, ``--exception``, ``--since``, ``--until``."""
-    exc_help = "Only this exception type, e.g. ValueError or requests.exceptions.Timeout."
+    exc_help = "Only this exception type, full or short: Timeout matches requests.exceptions.Timeout."
     func = click.option("--exception", "exc_type", help=exc_help)(func)
     return task_window_options(func)
 
 
 def make_filter(app: Celery, ids: Sequence[int], **options: Any) -> FailureFilter:
-    """The filter the options describe (ids too, when given); ``check_task``: refuse an unregistered name."""
+    """The filter the options describe (ids too, when given); see :meth:`Rows.make_filter`."""
     options.setdefault("status", None)
     result: FailureFilter = ROWS.make_filter(app, ids, **options)
     return result
@@ -105,7 +106,8 @@ ROWS = Rows(
     as_dict=lambda row, full: failure_dict(row, full=full),
     headers=("id", "status", "task", "exception", "reason", "tries", "last failed (UTC)", "replayed as"),
     cells=_cells,
-    fetch=lambda app, selected, limit: list_failures(app, selected, limit=limit),
+    fetch=lambda app, selected, limit, offset: list_failures(app, selected, limit=limit, offset=offset),
+    count=count_failures,
     get=get_failure,
     payloads=("args", "kwargs", "options", "raw_message"),
 )
@@ -113,12 +115,12 @@ ROWS = Rows(
 
 @failed.command(name="list", cls=CeleryCommand)
 @filter_options
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Rows to show.")
+@page_options
 @json_option
 @click.pass_context
-def list_cmd(ctx: click.Context, /, limit: int, as_json: bool, **filters: Any) -> None:
-    """List stored failures, newest first."""
-    ROWS.list(ctx, limit, as_json, filters)
+def list_cmd(ctx: click.Context, /, as_json: bool, **filters: Any) -> None:
+    """List stored failures, newest first, a page at a time ("N of M" says how many match)."""
+    ROWS.list(ctx, as_json, filters)
 
 
 @failed.command(cls=CeleryCommand)
@@ -179,15 +181,24 @@ def purge(
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default="-", help="File to write (- = stdout)."
 )
+@json_option
 @click.pass_context
-def export(ctx: click.Context, /, output: str, **filters: Any) -> None:
-    """Write the selected failures as JSON lines (one object per row, oldest first)."""
+def export(ctx: click.Context, /, output: str, as_json: bool, **filters: Any) -> None:
+    """Write the selected failures as JSON lines (one object per row, oldest first).
+
+    --json writes one JSON array instead (the same objects), for tools that read one document.
+    """
     app = app_of(ctx)
     selected = make_filter(app, (), **filters)
     count = 0
     with reliable_errors(), click.open_file(output, "w") as out:
+        if as_json:
+            out.write("[")
         for row in iter_failures(app, selected):
-            out.write(json.dumps(failure_dict(row), sort_keys=True) + "\n")
+            text = json.dumps(failure_dict(row), sort_keys=True)
+            out.write((",\n" if count else "\n") + text if as_json else text + "\n")
             count += 1
+        if as_json:
+            out.write("\n]\n" if count else "]\n")
     if output != "-":
         echo(f"exported {count} failed task row(s)", err=True)

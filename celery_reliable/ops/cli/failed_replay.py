@@ -8,6 +8,7 @@ import click
 from celery.bin.base import CeleryCommand
 
 from ...exceptions import ReliableError
+from ...message.tasks import is_replayable_task
 from ...send.replay import replay
 from ...store.failures import failure_ids
 from ...store.models import FailureStatus
@@ -50,7 +51,7 @@ def replay_cmd(
     if (args is not None or kwargs is not None or resume) and (len(ids) != 1 or everything or filtered):
         raise click.UsageError("--args, --kwargs and --resume apply to exactly one failure ID")
     status = None if ids else FailureStatus.FAILED
-    selected = make_filter(app, ids, status=status, check_task=True, **filters)
+    selected = make_filter(app, ids, status=status, sends=is_replayable_task, **filters)
     with reliable_errors():
         missing_ids(app, ids)
         chosen = failure_ids(app, selected)

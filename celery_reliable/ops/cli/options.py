@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from celery import Celery
@@ -46,13 +46,20 @@ def window_options(func: F) -> F:
     return click.option("--since", help="Only rows from this time on: ISO date/time or an age (30m, 2h, 7d).")(func)
 
 
-def check_task_name(app: Celery, name: str | None) -> None:
-    """Refuse a task name the app does not register (a typo would otherwise select nothing)."""
-    if name is None or name in app.tasks or not user_tasks(app):
-        return
-    near = difflib.get_close_matches(name, user_tasks(app), n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else "; check the name and the -A app."
-    raise click.BadParameter(f"task {name!r} is not registered in app {app.main!r}{hint}", param_hint="--task")
+def refuse_task_name(app: Celery, name: str, why: str = "") -> NoReturn:
+    """Refuse a ``--task`` name (exit code 2), saying what is wrong and how to fix it."""
+    tasks = user_tasks(app)
+    near = difflib.get_close_matches(name, tasks, n=1)
+    if near:
+        hint = f"; did you mean {near[0]!r}?"
+    elif not tasks:
+        hint = (
+            "; the app registers no task of its own: import its task modules from the app module "
+            "(Celery(include=[...]) or app.autodiscover_tasks()), or check the -A app"
+        )
+    else:
+        hint = "; check the name and the -A app"
+    raise click.BadParameter(f"task {name!r} is not registered in app {app.main!r}{why}{hint}", param_hint="--task")
 
 
 def json_value(value: str | None, option: str, kind: type) -> Any:

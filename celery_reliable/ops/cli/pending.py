@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -10,24 +9,27 @@ import click
 from celery import Celery
 from celery.bin.base import CeleryCommand
 
-from ...config import get_settings
-from ...send.relay import RelayStats, send_rows
-from ...store.claims import claim_rows
+from ...message.tasks import is_known_task
 from ...store.models import PendingMessage, PendingStatus
-from ...store.pending import PendingFilter, delete_pending, find_pending, get_pending, pending_ids, requeue_stuck
+from ...store.pending import (
+    PendingFilter,
+    count_pending,
+    delete_pending,
+    find_pending,
+    get_pending,
+    pending_ids,
+)
 from ..status import pending_statuses
-from .base import app_of, echo, echo_json, json_option, reliable, reliable_errors, table
+from .base import app_of, echo, echo_json, json_option, reliable, reliable_errors
 from .options import (
     confirm,
     dry_run_option,
     iso,
-    paced,
     progress,
-    rate_option,
     short_time,
     yes_option,
 )
-from .rows import Rows, task_window_options
+from .rows import Rows, page_options, task_window_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,10 +42,24 @@ def pending() -> None:
     """Pending messages (failed sends, outbox rows): list, show, resend, drop."""
 
 
+#: ``--status all``: rows in any state.
+ALL = "all"
+#: What ``pending list`` shows without ``--status``: the rows not sent yet.
+UNSENT = (PendingStatus.PENDING, PendingStatus.CLAIMED)
+
+
 def filter_options(func: F) -> F:
-    """``--status``, ``--task``, ``--since``, ``--until`` (on the time the row was written)."""
+    """``--status``, ``--task``, ``--search``, ``--since``, ``--until`` (on the time the row was written)."""
     func = task_window_options(func)
-    return click.option("--status", type=click.Choice(pending_statuses()), help="Only rows in this state.")(func)
+    return click.option(
+        "--status", type=click.Choice([*pending_statuses(), ALL]), help="Only rows in this state (all: any state)."
+    )(func)
+
+
+def status_filter(filters: dict[str, Any], default: Any = None) -> dict[str, Any]:
+    """``filters`` with ``--status`` as the filter takes it: ``all`` is any state, none given is ``default``."""
+    status = filters.get("status")
+    return {**filters, "status": None if status == ALL else default if status is None else status}
 
 
 def pending_dict(row: PendingMessage) -> dict[str, Any]:
@@ -81,17 +97,23 @@ ROWS = Rows(
     as_dict=lambda row, full: pending_dict(row),
     headers=("id", "status", "task", "task id", "tries", "written (UTC)", "next try (UTC)", "last error"),
     cells=_cells,
-    fetch=lambda app, selected, limit: find_pending(app, selected, limit=limit),
+    fetch=lambda app, selected, limit, offset: find_pending(app, selected, limit, offset, newest_first=True),
+    count=count_pending,
     get=get_pending,
     payloads=("args", "kwargs", "options"),
 )
 
 
-def select_rows(app: Celery, ids: Sequence[int], everything: bool, filters: dict[str, Any]) -> list[tuple[int, str]]:
-    """(id, status) of the rows a bulk command works on; unknown ids refused before any change."""
+def select_rows(
+    app: Celery, ids: Sequence[int], everything: bool, filters: dict[str, Any], sends: bool = False
+) -> list[tuple[int, str]]:
+    """(id, status) of the rows a bulk command works on; unknown ids refused before any change.
+
+    ``sends``: the command sends the rows (a ``--task`` name must be one the app may send).
+    """
     if not (ids or everything or any(v is not None for v in filters.values())):
         raise click.UsageError("say which rows: pending IDS, a filter (--status, --task, ...) or --all")
-    selected = ROWS.make_filter(app, ids, check_task=True, **filters)
+    selected = ROWS.make_filter(app, ids, sends=is_known_task if sends else None, **status_filter(filters))
     with reliable_errors():
         rows = pending_ids(app, selected)
     if ids and not any(v is not None for v in filters.values()):
@@ -101,12 +123,15 @@ def select_rows(app: Celery, ids: Sequence[int], everything: bool, filters: dict
 
 @pending.command(name="list", cls=CeleryCommand)
 @filter_options
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Rows to show.")
+@page_options
 @json_option
 @click.pass_context
-def list_cmd(ctx: click.Context, /, limit: int, as_json: bool, **filters: Any) -> None:
-    """List pending rows, oldest first."""
-    ROWS.list(ctx, limit, as_json, filters)
+def list_cmd(ctx: click.Context, /, as_json: bool, **filters: Any) -> None:
+    """List pending rows, newest first, a page at a time ("N of M" says how many match).
+
+    Without --status: the rows not sent yet (pending, claimed); --status all shows every row.
+    """
+    ROWS.list(ctx, as_json, status_filter(filters, UNSENT))
 
 
 @pending.command(cls=CeleryCommand)
@@ -118,71 +143,6 @@ def show(ctx: click.Context, pending_id: int, as_json: bool) -> None:
     data = ROWS.show(ctx, pending_id, as_json)
     if data is not None:
         ROWS.show_table(data)
-
-
-def resend(app: Celery, ids: Sequence[int]) -> RelayStats:
-    """Send ``ids`` now through the relay's own code, with their original task ids.
-
-    Dead and invalid rows get a fresh count of attempts first; sent and expired rows, and rows
-    a running relay holds, are not touched.
-    """
-    requeue_stuck(app, ids)
-    token, rows = claim_rows(app, limit=len(ids), lease=get_settings(app).relay_lease, ids=ids)
-    return send_rows(app, token, rows) if rows else RelayStats()
-
-
-@pending.command(name="resend", cls=CeleryCommand)
-@click.argument("ids", nargs=-1, type=int)
-@filter_options
-@click.option("--all", "everything", is_flag=True, help="Every row not sent yet.")
-@rate_option
-@dry_run_option
-@yes_option
-@json_option
-@click.pass_context
-def resend_cmd(
-    ctx: click.Context, /, ids: tuple[int, ...], everything: bool, rate: float | None, dry_run: bool, yes: bool,
-    as_json: bool, **filters: Any,
-) -> None:  # fmt: skip
-    """Publish pending rows now, with their original task ids, and mark them sent.
-
-    Pending rows go out at once instead of at their next try; dead and invalid rows get a fresh
-    count of attempts. Sent and expired rows are skipped. Exit code 1 unless every selected
-    row that could be resent was sent.
-    """
-    app = app_of(ctx)
-    rows = select_rows(app, ids, everything, filters)
-    chosen = [i for i, status in rows if status not in NOT_RESENT]
-    skipped = len(rows) - len(chosen)
-    total = RelayStats()
-    if chosen and not dry_run:
-        confirm(f"Publish {len(chosen)} pending message(s) now?", yes)
-        size = 1 if rate else get_settings(app).relay_batch_size
-        chunks = [chosen[i : i + size] for i in range(0, len(chosen), size)]
-        with reliable_errors():
-            for chunk in progress(paced(chunks, rate), len(chunks), "resending"):
-                stats = resend(app, chunk)
-                total.add(stats)
-                if stats.broker_down:
-                    break
-    missed = len(chosen) - total.sent
-    if as_json:
-        echo_json({"selected": len(rows), "skipped": skipped, "dry_run": dry_run, **dataclasses.asdict(total)})
-    elif dry_run:
-        echo(f"would resend {len(chosen)} pending message(s); {skipped} sent or expired row(s) skipped")
-    else:
-        counts = [(k, getattr(total, k)) for k in ("sent", "failed", "dead", "expired", "invalid", "released")]
-        echo(table(["outcome", "rows"], [("selected", len(rows)), ("skipped (sent/expired)", skipped), *counts]))
-        not_claimed = len(chosen) - total.claimed
-        if not_claimed:
-            echo(f"{not_claimed} row(s) were held by a running relay and left to it")
-        for error in total.errors[:5]:
-            echo(f"error: {error}", err=True)
-        for state in ("invalid", "expired"):
-            if getattr(total, state):
-                echo(f"see why: celery -A proj reliable pending list --status {state}", err=True)
-    if not dry_run and missed:
-        ctx.exit(1)
 
 
 @pending.command(cls=CeleryCommand)

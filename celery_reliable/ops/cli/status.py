@@ -10,7 +10,7 @@ from celery.bin.base import CeleryCommand
 from ...config import get_settings
 from ...store.engine import safe_url
 from ..status import backlog_threshold, summary, top_counts
-from .base import app_of, echo, echo_json, json_option, reliable, reliable_errors, table
+from .base import app_of, command_of, echo, echo_json, json_option, reliable, reliable_errors, table
 
 #: Task names and exception types listed by ``status``; the rest are added up as "(other)".
 SHOWN = 20
@@ -37,10 +37,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     Exit code 0: nothing needs a person; 1: something does (each reason is listed) or the
     database cannot be read.
     """
-    app = app_of(ctx)
+    app = app_of(ctx, tasks=False)
     with reliable_errors():
         settings = get_settings(app)
-        result = summary(app)
+        result = summary(app, command=command_of(ctx))
     if as_json:
         echo_json(
             {"database": safe_url(settings.database_url), "healthy": result.healthy, **dataclasses.asdict(result)}

@@ -61,7 +61,7 @@ def verify(ctx: click.Context, /, show_plan: bool, app_path: str | None, as_json
     """
     from ..verify.run import run_verify
 
-    app = app_of(ctx)
+    app = app_of(ctx, tasks=False)
     try:
         options = VerifyOptions(**values)
     except ValueError as exc:

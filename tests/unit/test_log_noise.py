@@ -1,0 +1,50 @@
+"""What the library puts in a worker's log: the broker URL as the user wrote it, no Alembic chatter."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+from celery_reliable.broker.facts import ATOMIC_FETCH_TRANSPORTS
+from celery_reliable.broker.redis_fetch import fetch_connection
+from celery_reliable.store.migrate import current_revision, upgrade
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@127.0.0.1:6399/3", "redis://:**@127.0.0.1:6399/3"),
+        ("rediss://127.0.0.1:6399/1", "rediss://:**@127.0.0.1:6399/1"),
+        ("sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380", "sentinel://:**@127.0.0.1:26379//"),
+    ],
+)
+def test_the_atomic_fetch_connection_shows_the_real_scheme(url: str, shown: str) -> None:
+    # Given the connection the worker consumes with (the atomic-fetch transport)
+    connection = fetch_connection(Connection(url), ATOMIC_FETCH_TRANSPORTS[url.split(":", 1)[0]])
+    assert str(connection.transport_cls).startswith("celery_reliable.broker.redis_fetch:")
+    # Then "Connected to ..." shows the URL's own scheme, password masked, also on a clone
+    assert connection.as_uri() == shown
+    assert connection.clone().as_uri() == shown
+    assert connection.as_uri(include_password=True).startswith(url.split(":", 1)[0] + "://")
+
+
+def test_alembic_stays_quiet_unless_configured(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"sqlite:///{tmp_path / 'quiet.sqlite3'}"
+    caplog.set_level(logging.INFO)
+    # When the library migrates and checks its tables with the log at INFO
+    upgrade(url)
+    assert current_revision(url) is not None
+    # Then Alembic's INFO lines ("Context impl ...") are not in it
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("alembic")] == []
+    assert logging.getLogger("alembic").level == logging.NOTSET
+    # And a user who set Alembic's level gets its lines
+    caplog.clear()
+    logging.getLogger("alembic").setLevel(logging.INFO)
+    try:
+        current_revision(url)
+    finally:
+        logging.getLogger("alembic").setLevel(logging.NOTSET)
+    assert "Context impl SQLiteImpl." in [r.getMessage() for r in caplog.records]
