@@ -79,7 +79,7 @@ class AsyncOutbox:
             staged.boxes.append(self)
         if not event.contains(sync, "after_commit", _on_commit):
             event.listen(sync, "after_commit", _on_commit)
-            event.listen(sync, "after_soft_rollback", _on_rollback)
+            event.listen(sync, "after_transaction_end", _on_end)
         return values.task_id
 
     async def published(self) -> int:
@@ -110,6 +110,8 @@ def _on_commit(session: Session) -> None:
                 box.sends.append(future)
 
 
-def _on_rollback(session: Session, previous_transaction: Any) -> None:
-    if previous_transaction.parent is None:  # the outermost transaction rolled back
+def _on_end(session: Session, transaction: Any) -> None:
+    """The outermost transaction ended: after its commit (already handed over), or rolled back or
+    closed without a commit, which drops what it staged (a session used again must not send it)."""
+    if transaction.parent is None:
         _staged.pop(session, None)

@@ -201,6 +201,16 @@ async def _outbox_cases(engine: AsyncEngine, app: Any) -> dict[str, Any]:
         await nested.rollback()
         await session.commit()
         counts.append(await box.published())
+    # A session closed after a flush, then used again: only what its new transaction staged goes out
+    session = AsyncSession(engine)
+    box = outbox(session, app)
+    box.send("t.ok", ["aout-closed-flushed"])
+    await session.flush()
+    await session.close()
+    sent["aout-reused"] = box.send("t.ok", ["aout-reused"])
+    await session.commit()
+    counts.append(await box.published())
+    await session.close()
     # An exception inside session.begin(), and a session closed without commit: nothing
     with pytest.raises(RuntimeError):
         async with AsyncSession(engine) as session, session.begin():
@@ -233,7 +243,7 @@ def test_async_outbox_sends_after_commit_and_nothing_after_a_rollback(
     found, ticker = run_ticking(work)
     sent: dict[str, str] = found["sent"]
     assert found["visible_before_commit"] == 0
-    assert found["counts"] == [1, 3, 1, 1]
+    assert found["counts"] == [1, 3, 1, 1, 1]
     assert sorted(_statuses(scenario.db.url)) == sorted((tid, "outbox", "sent") for tid in sent.values())
     assert sorted(queued_ids(scenario.broker_url, scenario.queue)) == sorted(sent.values())
     with scenario.db.engine.connect() as conn:
