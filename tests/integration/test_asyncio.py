@@ -27,12 +27,13 @@ from tests.apps.effects import Attempt
 from tests.conftest import Scenario, make_scenario
 from tests.harness import ROOT, free_port, wait_for
 from tests.integration import test_publish
-from tests.integration.test_publish import AppFactory, dead_broker, effects, pending_rows, queued_ids
+from tests.integration.test_publish import AppFactory, dead_broker, effects, migrated, pending_rows, queued_ids
 
-pytestmark = [pytest.mark.integration, pytest.mark.redis]
+pytestmark = pytest.mark.integration
 
 apps = test_publish.apps  # the fixture: producer apps, closed afterwards
 bindings = test_publish.bindings  # the fixture: Redis binding keys deleted afterwards
+queue = test_publish.queue  # the fixture: a per-test queue name, deleted afterwards
 
 _T = TypeVar("_T")
 
@@ -88,8 +89,8 @@ def async_url(db_url: str) -> str:
 
 @pytest.fixture(
     params=[
-        pytest.param("postgres_db", marks=pytest.mark.postgres, id="psycopg-async"),
-        pytest.param("sqlite_db", id="aiosqlite"),
+        pytest.param("postgres_db", marks=[pytest.mark.postgres, pytest.mark.redis], id="psycopg-async"),
+        pytest.param("sqlite_db", marks=pytest.mark.redis, id="aiosqlite"),
     ]
 )
 def async_scenario(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> Iterator[Scenario]:
@@ -155,6 +156,22 @@ def test_apublish_sends_or_keeps_like_publish_without_holding_the_loop(
     stats = relay_once(app)
     assert (stats.claimed, stats.sent) == (5, 5)
     assert sorted(queued_ids(scenario.broker_url, scenario.queue)) == sorted(r.task_id for r in sent + kept)
+
+
+@pytest.mark.rabbitmq
+def test_apublish_on_rabbitmq_is_confirmed(amqp_url: str, sqlite_db: str, queue: str, apps: AppFactory) -> None:
+    db = migrated(sqlite_db)
+    app = apps(amqp_url, db, queue)
+
+    async def work() -> list[Any]:
+        return list(await asyncio.gather(*(apublish(app, "t.ok", [f"r-{i}"]) for i in range(20))))
+
+    results, ticker = run_ticking(work)
+    # every one confirmed by the broker (publisher confirms, from the pool's threads), none kept
+    assert [(r.sent, r.pending_id) for r in results] == [(True, None)] * 20
+    assert sorted(queued_ids(amqp_url, queue)) == sorted(r.task_id for r in results)
+    assert pending_rows(db) == []
+    assert ticker.max_gap < MAX_STALL, ticker.max_gap
 
 
 # -- outbox(async_session) ---------------------------------------------------------------------
