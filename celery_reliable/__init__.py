@@ -25,6 +25,8 @@ from .exceptions import (
     StoreError,
 )
 from .send import relay as _relay  # registers celery_reliable.relay on every app
+from .send.aoutbox import AsyncOutbox
+from .send.apublish import apublish
 from .send.outbox import Outbox, outbox, publish_staged
 from .send.publish import PublishResult, publish
 from .send.relay import RelayStats, relay_once
@@ -102,11 +104,13 @@ __all__ = [
     "ReliableTask",
     "RetryPolicy",
     # publishing
+    "AsyncOutbox",
     "Outbox",
     "PublishResult",
     "RelayStats",
     "count_by_status",
     "list_pending",
+    "apublish",
     "outbox",
     "publish",
     "publish_staged",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from celery import Celery
 from sqlalchemy import Connection, event
@@ -19,9 +19,14 @@ from sqlalchemy.orm import Session
 
 from ..config import get_settings
 from ..message.prepare import prepare
-from ..store.claims import claim
 from ..store.pending import add_pending
 from .publish import with_message
+from .staged import publish_staged as publish_staged  # its home was here
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from .aoutbox import AsyncOutbox
 
 logger = logging.getLogger(__name__)
 
@@ -75,41 +80,29 @@ def _on_rollback(session: Session, previous_transaction: Any) -> None:
         _staged.pop(session, None)
 
 
-def outbox(target: Session | Connection, app: Celery | None = None) -> Outbox:
+@overload
+def outbox(target: Session | Connection, app: Celery | None = None) -> Outbox: ...
+
+
+@overload
+def outbox(target: AsyncSession, app: Celery | None = None) -> AsyncOutbox: ...
+
+
+def outbox(target: Session | Connection | AsyncSession, app: Celery | None = None) -> Outbox | AsyncOutbox:
     """The outbox of ``target``'s current transaction.
 
     With a ``Session`` the messages are published right after its commit. With a ``Connection``
     call ``publish_staged(app, box.row_ids)`` after the commit, or let the relay send them after
-    ``reliable_outbox_grace`` seconds.
+    ``reliable_outbox_grace`` seconds. With an ``AsyncSession`` it is an
+    :class:`~celery_reliable.send.aoutbox.AsyncOutbox`: the rows go in with the session's next
+    flush, and the post-commit send runs off the event loop.
     """
     if app is None:
         from celery._state import get_current_app
 
         app = get_current_app()
-    return Outbox(app, target)
+    if not isinstance(target, Session | Connection) and hasattr(target, "sync_session"):
+        from .aoutbox import AsyncOutbox
 
-
-def post_commit_lease(publish_timeout: float) -> float:
-    """How long the post-commit send holds its rows: its own bound (connect, then send or confirm,
-    each within ``reliable_publish_timeout``) and a second. A producer that dies while sending
-    leaves its rows to the relay this soon, not after the relay's own (longer) lease."""
-    return 2 * publish_timeout + 1.0
-
-
-def publish_staged(app: Celery, ids: list[int]) -> int:
-    """Send committed outbox rows now (the post-commit fast path); returns how many were sent.
-
-    Never raises: what is not sent here stays pending and the relay sends it.
-    """
-    from .relay import send_rows
-
-    try:
-        settings = get_settings(app)
-        token, rows = claim(app, limit=len(ids), lease=post_commit_lease(settings.publish_timeout), ids=ids)
-        if not rows:
-            return 0
-        return send_rows(app, token, rows).sent
-    except Exception:
-        logger.warning("Post-commit send of %d outbox message(s) failed; the relay will send them", len(ids),
-                       exc_info=True)  # fmt: skip
-        return 0
+        return AsyncOutbox(app, target)
+    return Outbox(app, cast("Session | Connection", target))  # (or a session proxy: scoped_session)

@@ -22,6 +22,7 @@ from ..config import get_settings
 from ..exceptions import BadMessageError, PublishError, StoreError
 from ..message.prepare import decoded, prepare, send_options, with_ledger
 from ..store.pending import PendingValues, add_pending
+from .build import SendContext
 from .publisher import get_publisher, is_bad_input, reset_publisher
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,67 @@ def with_message(app: Celery, values: PendingValues, ctx: Any = None) -> Pending
     return dataclasses.replace(values, options=options, message=entry.stored())
 
 
+def send_once(
+    app: Celery,
+    name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    task_id: str,
+    opts: dict[str, Any],
+    ctx: SendContext | None = None,
+) -> BaseException | None:
+    """One try at sending: None when the broker has the message, else the error (the publisher is reset).
+
+    Blocks for at most one bounded broker operation; :func:`publish` and ``apublish()`` share it.
+
+    Raises:
+        BadMessageError: the message itself cannot be encoded (no resend can fix it).
+    """
+    try:
+        publisher = get_publisher(app)
+        with publisher.lock:
+            publisher.send(name, args, kwargs, task_id, opts, ctx=ctx)
+        return None
+    except Exception as exc:
+        if is_bad_input(exc):
+            raise BadMessageError(f"publish() of {name!r}: {exc}") from exc
+        reset_publisher(app)
+        return exc
+
+
+def retry_delay(backoff: float, attempt: int) -> float:
+    """Seconds before try ``attempt + 2``: exponential backoff with full jitter."""
+    return float(random.random() * backoff * 2**attempt)
+
+
+def log_retry(name: str, task_id: str, exc: BaseException, attempt: int, tries: int, delay: float) -> None:
+    logger.warning(
+        "Send of %s[%s] failed (%s: %s); try %d of %d in %.2fs",
+        name, task_id, type(exc).__name__, exc, attempt + 2, tries, delay,
+    )  # fmt: skip
+
+
+def keep(app: Celery, name: str, values: PendingValues, last_error: BaseException | None) -> PublishResult:
+    """Write a message no try could send to the pending table (blocking: one insert).
+
+    Raises:
+        PublishError: the write failed too; the message was neither sent nor kept.
+    """
+    error = f"{type(last_error).__name__}: {last_error}"
+    try:
+        (pending_id,) = add_pending(app, [with_message(app, values)], source="publish_fallback", error=error)
+    except StoreError as store_exc:
+        raise PublishError(
+            f"{name}[{values.task_id}] was neither sent ({error}) nor stored for the relay "
+            f"({store_exc}); the caller must retry or fail"
+        ) from store_exc
+    logger.warning(
+        "Broker unreachable; %s[%s] kept as pending message %d for the relay (%s)",
+        name, values.task_id, pending_id, error,
+    )  # fmt: skip
+    return PublishResult(values.task_id, sent=False, pending_id=pending_id, error=error)
+
+
 def publish(
     app: Celery,
     name: str | Any,
@@ -95,36 +157,14 @@ def publish(
     settings = get_settings(app)
     send_args, send_kwargs = list(args or ()), dict(kwargs or {})
     opts = send_options(app, values)
+    tries = settings.publish_retries + 1
     last_error: BaseException | None = None
-    for attempt in range(settings.publish_retries + 1):
-        try:
-            publisher = get_publisher(app)
-            with publisher.lock:
-                publisher.send(name, send_args, send_kwargs, values.task_id, opts)
+    for attempt in range(tries):
+        last_error = send_once(app, name, send_args, send_kwargs, values.task_id, opts)
+        if last_error is None:
             return PublishResult(values.task_id, sent=True)
-        except Exception as exc:
-            if is_bad_input(exc):
-                raise BadMessageError(f"publish() of {name!r}: {exc}") from exc
-            last_error = exc
-            reset_publisher(app)
-            if attempt < settings.publish_retries:
-                delay = random.random() * settings.publish_retry_backoff * 2**attempt
-                logger.warning(
-                    "Send of %s[%s] failed (%s: %s); try %d of %d in %.2fs",
-                    name, values.task_id, type(exc).__name__, exc, attempt + 2,
-                    settings.publish_retries + 1, delay,
-                )  # fmt: skip
-                time.sleep(delay)
-    error = f"{type(last_error).__name__}: {last_error}"
-    try:
-        (pending_id,) = add_pending(app, [with_message(app, values)], source="publish_fallback", error=error)
-    except StoreError as store_exc:
-        raise PublishError(
-            f"{name}[{values.task_id}] was neither sent ({error}) nor stored for the relay "
-            f"({store_exc}); the caller must retry or fail"
-        ) from store_exc
-    logger.warning(
-        "Broker unreachable; %s[%s] kept as pending message %d for the relay (%s)",
-        name, values.task_id, pending_id, error,
-    )  # fmt: skip
-    return PublishResult(values.task_id, sent=False, pending_id=pending_id, error=error)
+        if attempt < settings.publish_retries:
+            delay = retry_delay(settings.publish_retry_backoff, attempt)
+            log_retry(name, values.task_id, last_error, attempt, tries, delay)
+            time.sleep(delay)
+    return keep(app, name, values, last_error)
