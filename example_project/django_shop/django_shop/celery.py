@@ -8,6 +8,8 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "django_shop.settings")
 
-app = Celery("django_shop")
+# Every task is a ReliableTask (a class given here: Celery's Django fixup would otherwise make
+# its own DjangoTask the base).
+app = Celery("django_shop", task_cls="celery_reliable:ReliableTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
