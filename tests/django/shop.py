@@ -42,3 +42,11 @@ def shop_python(database: str, code: str, timeout: float = 120, **extra: str) ->
 
 def sqlite_file(tmp: Path) -> str:
     return f"sqlite:///{tmp / 'shop.sqlite3'}"
+
+
+def shop_celery(database: str, *args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``celery -A django_shop <args>`` in the shop's directory, as an operator runs it."""
+    return subprocess.run(
+        [PYTHON, "-m", "celery", "-A", "django_shop", *args], cwd=SHOP, env=shop_env(database, **extra),
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip

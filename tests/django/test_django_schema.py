@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, inspect, text
 from celery_reliable import upgrade
 from celery_reliable.store.migrate import VERSION_TABLE, current_revision, head_revision
 from celery_reliable.store.models import Base
-from tests.django.shop import manage
+from tests.django.shop import manage, shop_celery
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +162,13 @@ def test_migrating_back_to_zero_drops_the_tables(sqlite_db: str) -> None:
     manage(sqlite_db, "migrate", "--no-input")
     manage(sqlite_db, "migrate", "celery_reliable", "zero", "--no-input")
     assert not set(schema(sqlite_db))
+
+
+def test_the_cli_sees_djangos_database(sqlite_db: str) -> None:
+    before = shop_celery(sqlite_db, "reliable", "db", "current")
+    assert (before.returncode, before.stdout.strip()) == (1, f"database: not migrated  shipped head: {head_revision()}")
+    assert sqlite_db in before.stderr  # Django's database, not the default file
+    manage(sqlite_db, "migrate", "--no-input")
+    after = shop_celery(sqlite_db, "reliable", "db", "current")
+    head = head_revision()
+    assert (after.returncode, after.stdout.strip()) == (0, f"database: {head}  shipped head: {head}")

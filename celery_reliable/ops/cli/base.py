@@ -28,6 +28,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 @handle_preload_options
 def reliable(ctx: click.Context) -> None:
     """celery_reliable: pending and failed messages, migrations, checks."""
+    app = getattr(ctx.obj, "app", None)
+    if any(type(fixup).__name__ == "DjangoFixup" for fixup in getattr(app, "_fixups", None) or ()):
+        # a Django project: set Django up as its worker does, so that its INSTALLED_APPS (and with
+        # celery_reliable.contrib.django the store's database) are what the worker sees
+        import django
+
+        django.setup()
 
 
 def app_of(ctx: click.Context) -> Celery:
