@@ -1,6 +1,7 @@
 """The example shop end to end: migrate, orders placed in ``transaction.atomic()`` with the outbox,
 a real worker (``celery -A django_shop worker``, tasks found by ``autodiscover_tasks()``) charging
-them, a refused card stored as a failure and replayed from the admin's store. Exact counts."""
+them, a refused card stored as a failure and replayed with ``celery -A django_shop reliable failed
+replay``. Exact counts."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import drop_queue, unique_queue
-from tests.django.shop import manage, shop_env, shop_python
+from tests.django.shop import manage, shop_celery, shop_env, shop_python
 from tests.harness import Worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
@@ -56,16 +57,9 @@ def test_a_real_worker_charges_the_orders_placed_with_the_outbox(
         # Then the worker charges each valid order once and stores the refused one
         wait_for(lambda: counts() == {"paid": 4, "payments": 4, "failed": 1, "done": 5}, 60, what="charges")
         # When the card is fixed and the failure replayed
-        shop_python(
-            database,
-            "from celery_reliable import replay\n"
-            "from celery_reliable.contrib.django.models import FailedTask\n"
-            "from django_shop.celery import app\n"
-            "from shop.models import Order\n"
-            "Order.objects.filter(card='expired').update(card='valid')\n"
-            "print(replay(app, FailedTask.objects.get().id))\n",
-            **env,
-        )
+        shop_python(database, "from shop.models import Order\nOrder.objects.update(card='valid')\n", **env)
+        replayed = shop_celery(database, "reliable", "failed", "replay", "1", "--yes", **env)
+        assert replayed.returncode == 0, replayed.stderr
         # Then it is charged too, once
         wait_for(lambda: counts() == {"paid": 5, "payments": 5, "failed": 0, "done": 5}, 60, what="the replay")
     finally:

@@ -30,11 +30,10 @@ def reliable(ctx: click.Context) -> None:
     """celery_reliable: pending and failed messages, migrations, checks."""
     app = getattr(ctx.obj, "app", None)
     if any(type(fixup).__name__ == "DjangoFixup" for fixup in getattr(app, "_fixups", None) or ()):
-        # a Django project: set Django up as its worker does, so that its INSTALLED_APPS (and with
-        # celery_reliable.contrib.django the store's database) are what the worker sees
-        import django
-
-        django.setup()
+        # a Django project: load it as its worker does (Celery's fixup sets Django up, then
+        # autodiscover_tasks() imports the tasks), so the commands see the worker's database
+        # (contrib.django) and tasks (a replay or a resend checks its task is registered)
+        app.loader.import_default_modules()
 
 
 def app_of(ctx: click.Context) -> Celery:
