@@ -28,8 +28,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 @handle_preload_options
 def reliable(ctx: click.Context) -> None:
     """celery_reliable: pending and failed messages, migrations, checks."""
-    app = getattr(ctx.obj, "app", None)
-    if any(type(fixup).__name__ == "DjangoFixup" for fixup in getattr(app, "_fixups", None) or ()):
+    app: Celery | None = getattr(ctx.obj, "app", None)
+    if app is not None and any(type(fixup).__name__ == "DjangoFixup" for fixup in getattr(app, "_fixups", ())):
         # a Django project: load it as its worker does (Celery's fixup sets Django up, then
         # autodiscover_tasks() imports the tasks), so the commands see the worker's database
         # (contrib.django) and tasks (a replay or a resend checks its task is registered)
