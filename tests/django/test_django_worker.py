@@ -31,10 +31,16 @@ class ShopWorker(Worker):
     queue_env = "SHOP_QUEUE"
 
 
+@pytest.mark.parametrize(
+    "kind",
+    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)],
+)
 def test_a_real_worker_charges_the_orders_placed_with_the_outbox(
-    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
+    request: pytest.FixtureRequest, kind: str, redis_url: str, tmp_path: Path
 ) -> None:
-    database = f"sqlite:///{tmp_path / 'shop.sqlite3'}"
+    database = (
+        f"sqlite:///{tmp_path / 'shop.sqlite3'}" if kind == "sqlite" else str(request.getfixturevalue(f"{kind}_db"))
+    )
     queue = unique_queue(request)
     env = {"SHOP_BROKER": redis_url, "SHOP_QUEUE": queue}
     manage(database, "migrate", "--no-input")
