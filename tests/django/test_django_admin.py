@@ -82,10 +82,16 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.parametrize(
+    "kind",
+    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)],
+)
 def test_the_admin_lists_shows_and_acts_within_permissions(
-    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
+    request: pytest.FixtureRequest, kind: str, redis_url: str, tmp_path: Path
 ) -> None:
-    database = f"sqlite:///{tmp_path / 'shop.sqlite3'}"
+    database = (
+        f"sqlite:///{tmp_path / 'shop.sqlite3'}" if kind == "sqlite" else str(request.getfixturevalue(f"{kind}_db"))
+    )
     queue = unique_queue(request)
     manage(database, "migrate", "--no-input")
     try:

@@ -61,7 +61,6 @@ class FailedTaskAdmin(_ReadOnly):
     list_display = ("id", "task_name", "task_id", "reason", "status", "exc_type", "attempts", "last_failed_at")
     list_filter = ("status", "reason", "task_name", "exc_type")
     search_fields = ("task_id", "task_name", "exc_type", "exc_message", "hostname")
-    date_hierarchy = "last_failed_at"
     readonly_fields = ("arguments", "delivery_options", "formatted_traceback")
     fieldsets = (
         (None, {"fields": ("task_name", "task_id", "status", "reason", "attempts", "hostname")}),
@@ -108,7 +107,6 @@ class PendingMessageAdmin(_ReadOnly):
     list_display = ("id", "task_name", "task_id", "status", "source", "attempts", "next_attempt_at", "created_at")
     list_filter = ("status", "source", "task_name", "tracked")
     search_fields = ("task_id", "task_name", "last_error")
-    date_hierarchy = "created_at"
     readonly_fields = ("arguments", "delivery_options")
     exclude = ("args", "kwargs", "options", "message")
     actions = ("resend_selected", "drop_selected")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import weakref
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -86,7 +87,10 @@ def _insert(using: str, dialect: Dialect, row: dict[str, Any]) -> int:
 
 
 def _same(first: str, second: str) -> bool:
+    """Whether two URLs name one database (SQLite: one file, however its path is written)."""
     a, b = make_url(first), make_url(second)
+    if a.get_backend_name() == b.get_backend_name() == "sqlite":
+        return bool(a.database and b.database) and Path(a.database or "").resolve() == Path(b.database or "").resolve()
     return (a.get_backend_name(), a.host, a.port, a.database) == (b.get_backend_name(), b.host, b.port, b.database)
 
 
