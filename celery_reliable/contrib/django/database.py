@@ -105,8 +105,8 @@ def _django_source(app: Celery, alias: str) -> str | None:
 
     if not (settings.configured or os.environ.get("DJANGO_SETTINGS_MODULE")):
         return None
-    if "celery_reliable.contrib.django" not in settings.INSTALLED_APPS:
-        return None
+    if not any(str(entry).startswith("celery_reliable.contrib.django") for entry in settings.INSTALLED_APPS):
+        return None  # (the package, or its AppConfig's dotted path)
     return database_url(alias)
 
 
