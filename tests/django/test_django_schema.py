@@ -172,3 +172,9 @@ def test_the_cli_sees_djangos_database(sqlite_db: str) -> None:
     after = shop_celery(sqlite_db, "reliable", "db", "current")
     head = head_revision()
     assert (after.returncode, after.stdout.strip()) == (0, f"database: {head}  shipped head: {head}")
+
+
+def test_the_models_match_their_migrations_and_pass_djangos_checks(sqlite_db: str) -> None:
+    made = manage(sqlite_db, "makemigrations", "celery_reliable", "--check", "--dry-run")
+    assert "No changes detected" in made.stdout
+    assert "System check identified no issues" in manage(sqlite_db, "check").stdout
