@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -36,6 +36,10 @@ class ReliableSettings:
             "Point it at the database your tasks write to, so completion can be recorded "
             "in the task's own transaction."
         ),
+    )
+    database_alias: str = field(
+        default="default",
+        metadata=doc("Django: the DATABASES alias of the tables' database when reliable_database_url is not set."),
     )
     max_retries: int = field(
         default=5,
@@ -326,6 +330,14 @@ class ReliableSettings:
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in fields(ReliableSettings)}
 
 _cache: weakref.WeakKeyDictionary[Celery, ReliableSettings] = weakref.WeakKeyDictionary()
+_database_sources: list[Callable[[Celery, str], str | None]] = []
+
+
+def add_database_source(source: Callable[[Celery, str], str | None]) -> None:
+    """Let ``source(app, alias)`` (contrib.django) give the URL when ``reliable_database_url`` is not set."""
+    if source not in _database_sources:
+        _database_sources.append(source)
+        _cache.clear()
 
 
 def _configured_keys(app: Celery) -> dict[str, str]:
@@ -364,6 +376,9 @@ def load_settings(app: Celery) -> ReliableSettings:
                 values[name] = None
             continue
         values[name] = coerce(FIELDS[name], name, value)
+    urls = (source(app, values.get("database_alias", "default")) for source in _database_sources)
+    if "database_url" not in values and (url := next((u for u in urls if u is not None), None)) is not None:
+        values["database_url"] = url
     return ReliableSettings(**values)
 
 

@@ -156,3 +156,28 @@ def test_retry_policy_values_must_be_finite_and_bounded(key: str, value: float) 
         load_settings(_app(reliable_retry_policies=policies))
     message = str(info.value)
     assert "reliable_retry_policies" in message and f"{key!r} as a number" in message and "<= " in message
+
+
+def test_a_database_source_names_the_database_only_when_no_url_is_set() -> None:
+    from celery_reliable import config
+
+    asked: list[tuple[str, str]] = []
+
+    def source(app: Celery, alias: str) -> str | None:
+        asked.append((app.main or "", alias))
+        return f"sqlite:////{alias}.sqlite3" if alias != "pass" else None
+
+    config.add_database_source(source)
+    try:
+        config.add_database_source(source)  # once only
+        assert config._database_sources.count(source) == 1
+        assert load_settings(_app()).database_url == "sqlite:////default.sqlite3"
+        assert load_settings(_app(reliable_database_alias="jobs")).database_url == "sqlite:////jobs.sqlite3"
+        assert load_settings(_app(reliable_database_alias="pass")).database_url == ReliableSettings().database_url
+        asked.clear()
+        assert load_settings(_app(reliable_database_url="sqlite:////given.sqlite3")).database_url.endswith(
+            "given.sqlite3"
+        )
+        assert asked == []  # an explicit URL wins, and no source is asked
+    finally:
+        config._database_sources.remove(source)

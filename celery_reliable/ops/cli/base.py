@@ -29,6 +29,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 @handle_preload_options
 def reliable(ctx: click.Context) -> None:
     """celery_reliable: pending and failed messages, migrations, checks."""
+    app: Celery | None = getattr(ctx.obj, "app", None)
+    if app is not None and any(type(fixup).__name__ == "DjangoFixup" for fixup in getattr(app, "_fixups", ())):
+        # a Django project: load it as its worker does (Celery's fixup sets Django up, then
+        # autodiscover_tasks() imports the tasks), so the commands see the worker's database
+        # (contrib.django) and tasks (a replay or a resend checks its task is registered)
+        app.loader.import_default_modules()
 
 
 def app_of(ctx: click.Context, tasks: bool = True) -> Celery:
