@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -18,7 +17,7 @@ from typing import Any
 from celery import Celery
 
 from .exceptions import ImproperlyConfigured
-from .settings_rules import DAY, POLICY_BOUNDS, Bounds, accepted, bad, coerce, count, doc, seconds
+from .settings_rules import DAY, POLICY_BOUNDS, Bounds, accepted, bad, coerce, configured_keys, count, doc, seconds
 from .settings_rules import PREFIX as PREFIX
 
 #: Task names or fnmatch patterns (``billing.*``).
@@ -340,21 +339,6 @@ def add_database_source(source: Callable[[Celery, str], str | None]) -> None:
         _cache.clear()
 
 
-def _configured_keys(app: Celery) -> dict[str, str]:
-    """Map setting name -> the key it was found under, for every ``reliable_*`` key the user set."""
-    namespace = (getattr(app, "namespace", None) or "").upper()
-    pattern = re.compile(
-        rf"^(?:{re.escape(namespace)}_)?{PREFIX}(.+)$" if namespace else rf"^{PREFIX}(.+)$",
-        re.IGNORECASE,
-    )
-    found: dict[str, str] = {}
-    for key in list(app.conf.keys()):
-        match = pattern.match(str(key))
-        if match:
-            found[match.group(1).lower()] = key
-    return found
-
-
 def load_settings(app: Celery) -> ReliableSettings:
     """Read, validate and return the settings of ``app`` (not cached).
 
@@ -362,7 +346,7 @@ def load_settings(app: Celery) -> ReliableSettings:
         ImproperlyConfigured: an unknown key, or a value of the wrong type or range.
     """
     values: dict[str, Any] = {}
-    for name, key in _configured_keys(app).items():
+    for name, key in configured_keys(app).items():
         if name not in FIELDS:
             near = difflib.get_close_matches(name, FIELDS, n=1)
             hint = f" Did you mean {PREFIX}{near[0]}?" if near else ""

@@ -143,3 +143,18 @@ def coerce(f: dataclasses.Field[Any], name: str, value: Any) -> Any:
     if not ok:
         raise bad(name, value, accepted(f))
     return value
+
+
+def configured_keys(app: Any) -> dict[str, str]:
+    """Map setting name -> the key it was found under, for every ``reliable_*`` key the user set."""
+    namespace = (getattr(app, "namespace", None) or "").upper()
+    pattern = re.compile(
+        rf"^(?:{re.escape(namespace)}_)?{PREFIX}(.+)$" if namespace else rf"^{PREFIX}(.+)$",
+        re.IGNORECASE,
+    )
+    found: dict[str, str] = {}
+    for key in list(app.conf.keys()):
+        match = pattern.match(str(key))
+        if match:
+            found[match.group(1).lower()] = key
+    return found
