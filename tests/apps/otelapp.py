@@ -3,6 +3,7 @@
 Each pool process traces with the SDK's in-memory exporter and the Celery instrumentation; after
 every task the spans it finished are appended to the JSON-lines file ``RELIABLE_TEST_SPANS``
 (the exporter lives in the worker's process, the test reads the file).
+``RELIABLE_TEST_OTEL_INSTRUMENT=0``: the SDK without the instrumentation (no span is started).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _start_tracing(**_: Any) -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(_exporter))
     trace.set_tracer_provider(provider)
-    CeleryInstrumentor().instrument()
+    if os.environ.get("RELIABLE_TEST_OTEL_INSTRUMENT", "1") == "1":
+        CeleryInstrumentor().instrument()
     task_postrun.connect(_write_spans, weak=False)  # after the instrumentation's own: its span has ended
 
 

@@ -149,7 +149,7 @@ def test_a_replayed_failure_runs_in_the_failed_runs_trace(
     retry_send = _one(_worker_spans(spans), name="apply_async/t.always_fail", parent_id=first["span_id"])
     assert retry["parent_id"] == retry_send["span_id"]
     # and the failed row keeps the context of the last (failed) run
-    headers = row["options"]["headers"] if isinstance(row["options"], dict) else json.loads(row["options"])["headers"]
+    headers = _options(row)["headers"]
     assert headers["traceparent"].split("-")[:3] == ["00", caller_trace, retry["span_id"]]
     # When an operator replays it, inside a trace of its own
     with tracer.start_as_current_span("operator") as operator:
@@ -165,3 +165,40 @@ def test_a_replayed_failure_runs_in_the_failed_runs_trace(
         assert replayed["parent_id"] == send["span_id"]
     else:
         assert replayed["parent_id"] == retry["span_id"]
+
+
+def test_without_any_instrumentation_retries_and_replays_carry_the_callers_context(
+    redis_sqlite_scenario: Scenario, apps: AppFactory, provider: TracerProvider, tmp_path: Path
+) -> None:
+    scenario = redis_sqlite_scenario
+    _EXPORTER.clear()
+    # Given a worker and a producer that load OpenTelemetry but start no span of their own
+    _start(scenario, tmp_path / "none.jsonl", RELIABLE_TEST_MAX_RETRIES="1", RELIABLE_TEST_BACKOFF="0.01",
+           RELIABLE_TEST_OTEL_INSTRUMENT="0")  # fmt: skip
+    app = apps(scenario.broker_url, scenario.db.url, scenario.queue, tasks=("t.always_fail",))
+    with trace.get_tracer("test").start_as_current_span("caller") as caller:
+        task_id = publish(app, "t.always_fail", ["plain-1"]).task_id
+    caller_trace, caller_id = _hex(caller)
+
+    def failed(**match: Any) -> dict[str, Any]:
+        rows = [r for r in scenario.db.failed_rows() if all(r[k] == v for k, v in match.items())]
+        return rows[0] if rows else {}
+
+    # When it fails for good after a retry
+    row = wait_for(lambda: failed(task_id=task_id), 60, what="failure")
+    # Then the retried run still had the caller's context, and the row keeps it
+    assert row["attempts"] == 2
+    assert _options(row)["headers"]["traceparent"].split("-")[:3] == ["00", caller_trace, caller_id]
+    # and a replay (from another trace) sends it again with that context
+    with trace.get_tracer("test").start_as_current_span("operator"):
+        replay(app, row["id"])
+    again = wait_for(lambda: failed(replay_of_id=row["id"]), 60, what="the replay's failure")
+    assert again["attempts"] == 2
+    assert _options(again)["headers"]["traceparent"].split("-")[:3] == ["00", caller_trace, caller_id]
+    # (no span but the test's own anywhere)
+    assert ([span["name"] for span in _local()], _worker_spans(tmp_path / "none.jsonl")) == (["caller", "operator"], [])
+
+
+def _options(row: dict[str, Any]) -> dict[str, Any]:
+    options = row["options"]
+    return options if isinstance(options, dict) else dict(json.loads(options))
