@@ -27,7 +27,7 @@ from tests.harness import wait_for
 from tests.integration import test_publish
 from tests.integration.test_publish import AppFactory, dead_broker
 
-pytestmark = [pytest.mark.integration, pytest.mark.redis]
+pytestmark = pytest.mark.integration
 
 apps = test_publish.apps  # the fixture: producer and relay apps, closed afterwards
 
@@ -90,12 +90,11 @@ def _start(scenario: Scenario, spans: Path, **env: str) -> None:
 
 
 def test_a_message_kept_for_the_relay_runs_in_the_callers_trace(
-    redis_sqlite_scenario: Scenario,
+    scenario: Scenario,
     apps: AppFactory,
     tracing: str,
     tmp_path: Path,
 ) -> None:
-    scenario = redis_sqlite_scenario
     spans = tmp_path / "worker-spans.jsonl"
     tracer = trace.get_tracer("test")
     # Given a message published inside the caller's span while the broker is down
@@ -127,6 +126,7 @@ def test_a_message_kept_for_the_relay_runs_in_the_callers_trace(
         assert run[0]["parent_id"] == caller_id
 
 
+@pytest.mark.redis
 def test_a_replayed_failure_runs_in_the_failed_runs_trace(
     redis_sqlite_scenario: Scenario,
     apps: AppFactory,
@@ -167,6 +167,7 @@ def test_a_replayed_failure_runs_in_the_failed_runs_trace(
         assert replayed["parent_id"] == retry["span_id"]
 
 
+@pytest.mark.redis
 def test_without_any_instrumentation_retries_and_replays_carry_the_callers_context(
     redis_sqlite_scenario: Scenario, apps: AppFactory, provider: TracerProvider, tmp_path: Path
 ) -> None:
