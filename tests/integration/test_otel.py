@@ -20,7 +20,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from celery_reliable import publish, relay_once, replay
+from celery_reliable import outbox, publish, relay_once, replay
+from celery_reliable.store.engine import get_engine
 from tests.apps.spans import span_record
 from tests.conftest import Scenario
 from tests.harness import wait_for
@@ -123,6 +124,36 @@ def test_a_message_kept_for_the_relay_runs_in_the_callers_trace(
         assert run[0]["parent_id"] == resend["span_id"]
     else:
         # directly under the caller's span (the context kept in the row's headers)
+        assert run[0]["parent_id"] == caller_id
+
+
+@pytest.mark.redis
+def test_an_outbox_message_sent_by_the_relay_runs_in_the_trace_it_was_staged_in(
+    redis_sqlite_scenario: Scenario, apps: AppFactory, tracing: str, tmp_path: Path
+) -> None:
+    scenario = redis_sqlite_scenario
+    spans = tmp_path / "worker-spans.jsonl"
+    tracer = trace.get_tracer("test")
+    app = apps(scenario.broker_url, scenario.db.url, scenario.queue, tasks=("t.ok",), reliable_outbox_grace=0)
+    # Given a message staged in the caller's transaction (a Connection: no send after the commit)
+    with tracer.start_as_current_span("caller") as caller, get_engine(app).begin() as connection:
+        task_id = outbox(connection, app).send("t.ok", ["staged-1"])
+    caller_trace, caller_id = _hex(caller)
+    # When the relay sends it, from a trace of its own
+    with tracer.start_as_current_span("relay pass"):
+        assert relay_once(app).sent == 1
+    _start(scenario, spans)
+    run = wait_for(lambda: _runs(spans, "t.ok"), 60, what="the worker's run span")
+    # Then the run is in the caller's trace
+    assert [span["trace_id"] for span in run] == [caller_trace]
+    if tracing == "instrumented":
+        resend = _one(_local(), name="apply_async/t.ok", task_id=task_id)
+        assert (resend["trace_id"], resend["parent_id"], run[0]["parent_id"]) == (
+            caller_trace,
+            caller_id,
+            resend["span_id"],
+        )
+    else:
         assert run[0]["parent_id"] == caller_id
 
 
