@@ -67,10 +67,16 @@ def resumed(headers: Any) -> Iterator[None]:
     if not _loaded() or not isinstance(headers, Mapping) or not isinstance(headers.get("traceparent"), str):
         yield
         return
-    from opentelemetry import context
+    from opentelemetry import context, trace
     from opentelemetry.propagate import extract
 
-    token = context.attach(extract({key: headers[key] for key in TRACE_HEADERS if isinstance(headers.get(key), str)}))
+    kept = extract({key: value for key, value in headers.items() if isinstance(value, str)})
+    span = trace.get_current_span(kept).get_span_context()
+    here = trace.get_current_span().get_span_context()
+    if (span.trace_id, span.span_id) == (here.trace_id, here.span_id):  # publish(): the caller's own
+        yield
+        return
+    token = context.attach(kept)
     try:
         yield
     finally:

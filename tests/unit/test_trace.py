@@ -59,6 +59,28 @@ def test_resumed_makes_the_kept_context_current_and_restores_this_one() -> None:
             assert trace.get_current_span() is relay
 
 
+def test_resumed_leaves_the_callers_own_span_current_and_carries_baggage() -> None:
+    from opentelemetry import baggage, context
+
+    # Given a message whose kept context is the span active here (publish() in the caller)
+    with _TRACER.start_as_current_span("caller") as caller:
+        headers = current_context()
+        # When it is sent: the caller's real span stays current (not a copy of its ids)
+        with resumed(headers):
+            assert trace.get_current_span() is caller
+    # and a kept baggage entry is current again around a resend elsewhere
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        with _TRACER.start_as_current_span("caller"):
+            headers = current_context()
+    finally:
+        context.detach(token)
+    assert headers["baggage"] == "tenant=acme"
+    with resumed(headers):
+        assert baggage.get_baggage("tenant") == "acme"
+    assert baggage.get_baggage("tenant") is None
+
+
 def test_without_opentelemetry_messages_are_kept_unchanged() -> None:
     code = (
         "import sys; sys.modules['opentelemetry'] = None\n"
