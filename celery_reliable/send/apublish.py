@@ -14,6 +14,7 @@ them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import os
 import threading
@@ -25,6 +26,7 @@ from celery import Celery
 
 from ..config import get_settings
 from ..message.prepare import prepare, send_options
+from ..message.trace import with_context
 from .build import SendContext
 from .publish import PublishResult, keep, log_retry, retry_delay, send_once
 
@@ -49,8 +51,9 @@ def executor() -> ThreadPoolExecutor:
 
 
 async def off_loop(func: Callable[..., _T], *args: Any) -> _T:
-    """``func(*args)`` on the pool, awaited without holding the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(executor(), functools.partial(func, *args))
+    """``func(*args)`` on the pool, in the caller's context (its trace), awaited without holding the event loop."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(executor(), functools.partial(context.run, func, *args))
 
 
 async def apublish(
@@ -73,7 +76,7 @@ async def apublish(
     """
     if not isinstance(name, str):
         name = name.name
-    values = prepare(app, name, args, kwargs, options)
+    values = with_context(prepare(app, name, args, kwargs, options))  # the caller's trace travels with it
     settings = get_settings(app)
     send_args, send_kwargs = list(args or ()), dict(kwargs or {})
     opts = send_options(app, values)

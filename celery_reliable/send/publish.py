@@ -21,6 +21,7 @@ from celery import Celery
 from ..config import get_settings
 from ..exceptions import BadMessageError, PublishError, StoreError
 from ..message.prepare import decoded, prepare, send_options, with_ledger
+from ..message.trace import kept, with_context
 from ..store.pending import PendingValues, add_pending
 from .build import SendContext
 from .publisher import get_publisher, is_bad_input, reset_publisher
@@ -51,8 +52,10 @@ def with_message(app: Celery, values: PendingValues, ctx: Any = None) -> Pending
 
     Built once, when the row is written, so the relay only sends it. Left out (NULL: the relay
     builds the message when it sends it) for other brokers and for messages kombu must send.
+    The trace context active here goes into its headers (see :mod:`celery_reliable.message.trace`).
     """
     values = with_ledger(values)  # a pending row waits for its task's outcome
+    values = with_context(values)  # the relay's resend continues the caller's trace
     publisher = get_publisher(app)
     if not publisher.direct_redis():
         return values
@@ -93,7 +96,7 @@ def send_once(
     """
     try:
         publisher = get_publisher(app)
-        with publisher.lock:
+        with publisher.lock, kept():  # a failed send must not leave its span current in the caller
             publisher.send(name, args, kwargs, task_id, opts, ctx=ctx)
         return None
     except Exception as exc:
@@ -153,7 +156,8 @@ def publish(
     """
     if not isinstance(name, str):
         name = name.name
-    values = prepare(app, name, args, kwargs, options)
+    # the caller's trace context travels in the message's headers, sent or kept for the relay
+    values = with_context(prepare(app, name, args, kwargs, options))
     settings = get_settings(app)
     send_args, send_kwargs = list(args or ()), dict(kwargs or {})
     opts = send_options(app, values)

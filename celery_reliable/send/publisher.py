@@ -26,6 +26,7 @@ from ..broker import redis_wire
 from ..broker.amqp_confirms import Confirms, confirm_channel
 from ..broker.facts import AMQP_SCHEMES, REDIS_SCHEMES, SEND_TASK_APPLIES_TASK_OPTIONS, broker_scheme
 from ..config import get_settings
+from ..message.trace import resumed
 from .build import Built, SendContext, build, fast_path
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,9 @@ class Publisher:
                     redis_wire.write(self.producer.channel, [entry], self.wait_replicas, self.wait_timeout)
                 self._add_trail(ctx, task_id, built.ignore_result)
                 return
-        self._send_kombu(name, args, kwargs, task_id, options, producer, ctx, built)
+        # a message from the pending table goes out in the trace it was kept with (publish hooks see it)
+        with resumed(options.get("headers")):
+            self._send_kombu(name, args, kwargs, task_id, options, producer, ctx, built)
         if self.wait_replicas and self.scheme in REDIS_SCHEMES:
             # kombu wrote on the pool's one connection of this (locked) publisher: WAIT there
             redis_wire.write(self.producer.channel, [], self.wait_replicas, self.wait_timeout)

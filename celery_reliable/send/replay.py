@@ -24,6 +24,7 @@ from ..exceptions import BadMessageError, ReplayError
 from ..message.prepare import check_delivery_options
 from ..message.protocol import protocol_clash
 from ..message.tasks import Refused, argument_error, check_signatures, is_replayable_task, short
+from ..message.trace import resumed
 from ..store.failures import FailureFilter, claim_for_replay, finish_replay, get_failure, list_failures
 from ..store.models import FailedTask, FailureStatus
 from ..store.payload import NotJSONError, from_stored, is_replayable, to_stored, unreadable
@@ -198,7 +199,8 @@ def replay(
         if not claim_for_replay(app, row.id, new_id):
             raise ReplayError(f"failed task {row.id} was claimed by another replay")
     try:
-        app.send_task(row.task_name, send_args, send_kwargs, task_id=new_id, **options)
+        with resumed(options["headers"]):  # the replay continues the failed run's trace
+            app.send_task(row.task_name, send_args, send_kwargs, task_id=new_id, **options)
     except Exception as exc:
         finish_replay(app, row.id, sent=False)
         raise ReplayError(f"failed task {row.id} could not be sent: {exc}") from exc

@@ -10,6 +10,7 @@ from typing import Any
 from celery.app.task import Context
 
 from ..message.protocol import PROTOCOL_HEADERS, without_protocol
+from ..message.trace import TRACE_HEADERS, current_context
 from ..store.failures import FailureRecord
 
 #: What a worker's request holds besides user headers: Celery's own message headers (the one list,
@@ -110,13 +111,18 @@ def from_request(
     exc_type, message, text = format_exception(exc, traceback)
     headers = request.get("headers") or {}
     replay_of = headers.get("x_reliable_replay_of") or request.get("x_reliable_replay_of")
+    options = replay_options(request)
+    run = current_context()  # in the pool process, the failed run's span: a replay continues it
+    if run:
+        kept = {key: value for key, value in options.get("headers", {}).items() if key not in TRACE_HEADERS}
+        options["headers"] = {**kept, **run}
     return FailureRecord(
         task_id=str(request.get("id")),
         task_name=task_name,
         reason=reason,
         args=list(request.get("args") or ()),
         kwargs=dict(request.get("kwargs") or {}),
-        options=replay_options(request),
+        options=options,
         exc_type=exc_type,
         exc_message=message,
         traceback=text,

@@ -9,7 +9,7 @@ import sys
 from tests.harness import ROOT
 
 #: Only the operator's tools need these; a worker, producer or cron job never loads them.
-OPTIONAL = ("alembic", "prometheus_client", "tornado", "flower", "celery_reliable.ops", "redis")
+OPTIONAL = ("alembic", "prometheus_client", "tornado", "flower", "celery_reliable.ops", "redis", "opentelemetry")
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
