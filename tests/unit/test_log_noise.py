@@ -14,20 +14,23 @@ from celery_reliable.store.migrate import current_revision, upgrade
 
 
 @pytest.mark.parametrize(
-    ("url", "shown"),
+    ("url", "where"),
     [
-        ("redis://:secret@127.0.0.1:6399/3", "redis://:**@127.0.0.1:6399/3"),
-        ("rediss://127.0.0.1:6399/1", "rediss://:**@127.0.0.1:6399/1"),
-        ("sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380", "sentinel://:**@127.0.0.1:26379//"),
+        ("redis://:secret@127.0.0.1:6399/3", "127.0.0.1:6399/3"),
+        ("rediss://127.0.0.1:6399/1", "127.0.0.1:6399/1"),
+        ("sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380", "127.0.0.1:26379/"),
     ],
 )
-def test_the_atomic_fetch_connection_shows_the_real_scheme(url: str, shown: str) -> None:
+def test_the_atomic_fetch_connection_shows_the_real_scheme(url: str, where: str) -> None:
     # Given the connection the worker consumes with (the atomic-fetch transport)
-    connection = fetch_connection(Connection(url), ATOMIC_FETCH_TRANSPORTS[url.split(":", 1)[0]])
+    scheme = url.split(":", 1)[0]
+    connection = fetch_connection(Connection(url), ATOMIC_FETCH_TRANSPORTS[scheme])
     assert str(connection.transport_cls).startswith("celery_reliable.broker.redis_fetch:")
-    # Then "Connected to ..." shows the URL's own scheme, password masked, also on a clone
-    assert connection.as_uri() == shown
-    assert connection.clone().as_uri() == shown
+    # Then "Connected to ..." shows the URL's own scheme and address, the password masked (how kombu
+    # masks an empty password differs between its versions), also on a clone
+    for shown in (connection.as_uri(), connection.clone().as_uri()):
+        assert shown.startswith(f"{scheme}://") and where in shown and "secret" not in shown, shown
+        assert "Transport" not in shown
     assert connection.as_uri(include_password=True).startswith(url.split(":", 1)[0] + "://")
 
 
