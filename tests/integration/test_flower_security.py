@@ -131,6 +131,9 @@ def test_actions_are_refused_when_flower_runs_without_authentication(env: Env) -
         "replay all": ("/reliability/replay", {"all": "1", "status": "failed"}),
         "purge one": ("/reliability/purge", {"id": one}),
         "purge all": ("/reliability/purge", {"all": "1", "status": ""}),
+        "replay edited": ("/reliability/replay", {"id": one, "edited": "1", "args": '["x"]', "kwargs": "{}"}),
+        "resend pending": ("/reliability/pending/resend", {"id": one}),
+        "drop pending": ("/reliability/pending/drop", {"id": [one, other]}),
     }
     for what, (path, form) in attempts.items():
         refused = post_with_cookie_token(env.open, path, form)
