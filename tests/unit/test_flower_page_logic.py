@@ -29,6 +29,7 @@ def test_paging_says_which_rows_of_how_many() -> None:
     last = Paging(page=11, limit=20, total=213)
     assert (last.label(), last.has_next) == ("201-213 of 213", False)
     assert Paging(page=1, limit=20, total=0).label() == "0 of 0"
+    assert Paging(page=12, limit=20, total=213).label() == "none of 213 (past the last page)"
     assert not Paging(page=1, limit=20, total=20).has_next
 
 

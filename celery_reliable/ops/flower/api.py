@@ -21,6 +21,7 @@ from ..status import summary
 from . import rows
 from .actions import unknown_ids
 from .handlers import MAX_IDS, Reliable
+from .hints import celery_command
 from .jobs import jobs_of
 from .rows import Query
 from .security import actions_refusal
@@ -56,7 +57,7 @@ def _purge(app: Celery, ids: list[int]) -> dict[str, Any] | list[int]:
 
 
 def _summary(app: Celery) -> dict[str, Any]:
-    s = summary(app)
+    s = summary(app, command=f"{celery_command(app)} reliable")
     return {**asdict(s), "healthy": s.healthy}
 
 

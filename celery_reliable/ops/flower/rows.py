@@ -22,6 +22,7 @@ from ...store.pending import PendingFilter, count_pending, find_pending
 from ..cli.options import parse_when
 from ..status import Summary, pending_statuses, summary
 from .chart import SPANS, failures_over_time
+from .hints import celery_command
 
 #: Most rows one page or API call returns.
 MAX_LIMIT = 1000
@@ -152,7 +153,9 @@ class Paging:
         return self.page * self.limit < self.total
 
     def label(self) -> str:
-        return f"{self.first}-{self.last} of {self.total}" if self.total else "0 of 0"
+        if (self.page - 1) * self.limit >= self.total:
+            return f"none of {self.total} (past the last page)" if self.total else "0 of 0"
+        return f"{self.first}-{self.last} of {self.total}"
 
 
 @dataclass
@@ -259,7 +262,8 @@ def load(app: Celery, query: Query) -> Page:
     waiting, waiting_total = pending(app, query)
     task_names, exception_types = choices(app)
     return Page(
-        summary(app), rows, total, waiting, waiting_total, Paging(query.page, query.limit, total),
+        summary(app, command=f"{celery_command(app)} reliable"), rows, total, waiting, waiting_total,
+        Paging(query.page, query.limit, total),
         Paging(query.pending_page, query.limit, waiting_total),
         failures_over_time(app, query.span, query.chart_filter()), task_names, exception_types,
     )  # fmt: skip

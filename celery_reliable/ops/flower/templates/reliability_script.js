@@ -8,7 +8,7 @@
   function selected(formId) {
     return document.querySelectorAll('input.row-select[form="' + formId + '"]:checked');
   }
-  document.querySelectorAll("form[id^=bulk-]").forEach(function (form) {
+  document.querySelectorAll('form[id^="bulk-"]').forEach(function (form) {
     form.addEventListener("submit", function (event) {
       var button = event.submitter;
       var n = selected(form.id).length;
