@@ -284,6 +284,9 @@ def test_purging_an_unknown_id_is_an_error_naming_it(env: Env) -> None:
     assert page.status == 404 and "no failed task with id 987654321; nothing was changed" in unescape(page.body)
     api = env.flower.request("POST", "/api/reliable/purge", {"id": [987654321, 987654322]})
     assert (api.status, api.body) == (404, "no failed task with ids 987654321, 987654322; nothing was changed")
+    for header in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://evil.example"}):
+        cross = env.flower.request("POST", "/api/reliable/purge", {"id": [failure_id]}, headers=header)
+        assert cross.status == 403, (header, cross.status)
     assert env.status(FailedTask, failure_id) == "failed"
     purged = env.flower.request("POST", "/api/reliable/purge", {"id": [failure_id]})
     assert purged.status == 200 and purged.json() == {"deleted": 1, "kept_replaying": 0}
