@@ -101,7 +101,11 @@ class ReplayAction(_Action):
         failure_id = ids[0]
         detail = self.reverse_url("reliability-failure", failure_id)
         try:
-            args, kwargs = edited_arguments(self.get_argument("args", "[]"), self.get_argument("kwargs", "{}"))
+            # Flower's get_argument escapes HTML by default; these are parsed as JSON, never shown as sent
+            text = [
+                self.get_argument(name, default, escape=False) for name, default in (("args", "[]"), ("kwargs", "{}"))
+            ]
+            args, kwargs = edited_arguments(*text)
         except ReplayError as exc:
             result: ReplayResult | ReplayError = exc
         else:

@@ -92,7 +92,7 @@ class PurgeApi(_Api):
             raise tornado.web.HTTPError(403, refusal)
         self.refuse_cross_site()
         try:
-            ids = [int(v) for v in self.get_arguments("id")]
+            ids = list(dict.fromkeys(int(v) for v in self.get_arguments("id")))
         except ValueError:
             raise tornado.web.HTTPError(400, "id must be a row id (a whole number)") from None
         if not ids or len(ids) > MAX_IDS:

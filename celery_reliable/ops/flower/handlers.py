@@ -219,7 +219,7 @@ class _Action(Reliable):
         if len(values) > MAX_IDS:
             raise tornado.web.HTTPError(400, f"at most {MAX_IDS} ids at once")
         try:
-            return [int(v) for v in values]
+            return list(dict.fromkeys(int(v) for v in values))  # each row once, in the order given
         except ValueError:
             raise tornado.web.HTTPError(400, "id must be a row id (a whole number)") from None
 
