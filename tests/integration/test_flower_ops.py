@@ -15,7 +15,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -156,11 +156,22 @@ def test_date_exception_and_text_filters_on_both_lists(env: Env) -> None:
     key = _key()
     old, new = env.failures(f"{key}-old", 2), env.failures(f"{key}-new", 3)
     with env.scenario.db.engine.begin() as conn:
-        conn.execute(update(FailedTask).where(FailedTask.id.in_(old)).values(last_failed_at=datetime(2026, 1, 10, 12)))
-        conn.execute(update(FailedTask).where(FailedTask.id.in_(new)).values(last_failed_at=datetime(2026, 2, 10, 12)))
+        conn.execute(
+            update(FailedTask)
+            .where(FailedTask.id.in_(old))
+            .values(last_failed_at=datetime(2026, 1, 10, 12, tzinfo=timezone.utc))
+        )
+        conn.execute(
+            update(FailedTask)
+            .where(FailedTask.id.in_(new))
+            .values(last_failed_at=datetime(2026, 2, 10, 12, tzinfo=timezone.utc))
+        )
     pending_old, pending_new = env.pending(f"{key}-old", 1), env.pending(f"{key}-new", 2)
     with env.scenario.db.engine.begin() as conn:
-        written = {pending_old[0]: datetime(2026, 1, 10, 12), **dict.fromkeys(pending_new, datetime(2026, 2, 10, 12))}
+        written = {
+            pending_old[0]: datetime(2026, 1, 10, 12, tzinfo=timezone.utc),
+            **dict.fromkeys(pending_new, datetime(2026, 2, 10, 12, tzinfo=timezone.utc)),
+        }
         for row_id, when in written.items():
             conn.execute(update(PendingMessage).where(PendingMessage.id == row_id).values(created_at=when))
 
@@ -182,7 +193,7 @@ def test_date_exception_and_text_filters_on_both_lists(env: Env) -> None:
 
 def test_chart_counts_failed_rows_per_hour(env: Env) -> None:
     key = _key()
-    this_hour = utcnow().replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    this_hour = utcnow().replace(minute=0, second=0, microsecond=0)
     ids = env.failures(key, 6)
     times = [this_hour, this_hour, this_hour, this_hour - timedelta(hours=2), this_hour - timedelta(hours=30)]
     times.append(this_hour - timedelta(days=3))
@@ -312,12 +323,18 @@ def _browser(tmp_path: Path) -> Any:
     for flag in (
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,2400",
     ):  # fmt: skip
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     driver.set_page_load_timeout(30)
     return driver
+
+
+def _click(driver: Any, element: Any) -> None:
+    """Scroll ``element`` to the middle of the window (Flower's bars cover the edges), then click it."""
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+    element.click()
 
 
 def test_chromium_selects_rows_confirms_with_the_count_and_pages(env: Env, tmp_path: Path) -> None:
@@ -335,23 +352,23 @@ def test_chromium_selects_rows_confirms_with_the_count_and_pages(env: Env, tmp_p
         assert driver.find_element(By.CSS_SELECTOR, "#failed-paging .paging-label").text == "1-10 of 25"
         chosen = ids[::-1][:3]
         for row_id in chosen:
-            driver.find_element(By.CSS_SELECTOR, f"#failure-{row_id} input.row-select").click()
-        driver.find_element(By.ID, "replay-selected").click()
+            _click(driver, driver.find_element(By.CSS_SELECTOR, f"#failure-{row_id} input.row-select"))
+        _click(driver, driver.find_element(By.ID, "replay-selected"))
         alert = wait.until(expected_conditions.alert_is_present())
         assert alert.text == "Replay 3 failed tasks?"
         alert.dismiss()
         assert [env.status(FailedTask, i) for i in chosen] == ["failed"] * 3
-        driver.find_element(By.ID, "replay-selected").click()
+        _click(driver, driver.find_element(By.ID, "replay-selected"))
         wait.until(expected_conditions.alert_is_present()).accept()
         notice = wait.until(expected_conditions.presence_of_element_located((By.ID, "reliable-notice")))
         assert "Replayed 3 row(s)." in notice.text
         assert [env.status(FailedTask, i) for i in chosen] == ["replayed"] * 3
         assert sorted(task_id for task_id, _, _ in env.queued()) == [] or len(env.queued()) == 3
 
-        driver.find_element(By.ID, "select-all-pending").click()
+        _click(driver, driver.find_element(By.ID, "select-all-pending"))
         boxes = driver.find_elements(By.CSS_SELECTOR, 'input.row-select[form="bulk-pending"]')
         assert len(boxes) == 2 and all(box.is_selected() for box in boxes)
-        driver.find_element(By.ID, "drop-selected").click()
+        _click(driver, driver.find_element(By.ID, "drop-selected"))
         alert = wait.until(expected_conditions.alert_is_present())
         assert alert.text == "Drop 2 pending messages? They will not be sent."
         alert.accept()
@@ -361,15 +378,15 @@ def test_chromium_selects_rows_confirms_with_the_count_and_pages(env: Env, tmp_p
 
         remaining = [i for i in ids[::-1] if i not in chosen]  # the list shows failed rows: 22 of them now
         assert driver.find_element(By.CSS_SELECTOR, "#failed-paging .paging-label").text == "1-10 of 22"
-        driver.find_element(By.CSS_SELECTOR, "#failed-paging a.next").click()
+        _click(driver, driver.find_element(By.CSS_SELECTOR, "#failed-paging a.next"))
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#failed-paging .paging-label").text == "11-20 of 22")
         shown = [
             int(e.get_attribute("id").split("-")[1])
             for e in driver.find_elements(By.CSS_SELECTOR, "#failed-table tbody tr[id]")
         ]
         assert shown == remaining[10:20]
-        driver.find_element(By.ID, "select-all-failed").click()
-        driver.find_element(By.ID, "purge-selected").click()
+        _click(driver, driver.find_element(By.ID, "select-all-failed"))
+        _click(driver, driver.find_element(By.ID, "purge-selected"))
         alert = wait.until(expected_conditions.alert_is_present())
         assert alert.text == "Purge 10 failed tasks? This cannot be undone."
         alert.dismiss()
@@ -394,7 +411,7 @@ def test_chromium_replays_with_edited_arguments(env: Env, tmp_path: Path) -> Non
         args = driver.find_element(By.ID, "edit-args")
         args.clear()
         args.send_keys('["a", "too", "many"]')
-        driver.find_element(By.ID, "replay-edited").click()
+        _click(driver, driver.find_element(By.ID, "replay-edited"))
         alert = wait.until(expected_conditions.alert_is_present())
         assert alert.text == f"Replay failed task #{failure_id} with these arguments?"
         alert.accept()
@@ -407,7 +424,7 @@ def test_chromium_replays_with_edited_arguments(env: Env, tmp_path: Path) -> Non
         args = driver.find_element(By.ID, "edit-args")
         args.clear()
         args.send_keys(f'["{key}-fixed"]')
-        driver.find_element(By.ID, "replay-edited").click()
+        _click(driver, driver.find_element(By.ID, "replay-edited"))
         wait.until(expected_conditions.alert_is_present()).accept()
         notice = wait.until(expected_conditions.presence_of_element_located((By.ID, "reliable-notice")))
         assert f"#{failure_id} t.permanent replayed as" in notice.text and "with edited arguments" in notice.text

@@ -9,9 +9,11 @@
     return document.querySelectorAll('input.row-select[form="' + formId + '"]:checked');
   }
   document.querySelectorAll('form[id^="bulk-"]').forEach(function (form) {
+    // form.id would be the ticked boxes (named "id" and owned by the form), not the form's own id
+    var formId = form.getAttribute("id");
     form.addEventListener("submit", function (event) {
       var button = event.submitter;
-      var n = selected(form.id).length;
+      var n = selected(formId).length;
       if (!button || !button.dataset.confirm) { return; }
       if (n === 0) {
         event.preventDefault();
