@@ -246,7 +246,7 @@ def test_chromium_confirms_a_purge_under_the_content_security_policy(env: Env, t
         )
         button.click()
         alert = WebDriverWait(driver, 10).until(expected_conditions.alert_is_present())
-        assert alert.text == f"Delete failed row #{row}?"  # asked by the page's nonce script
+        assert alert.text == f"Purge 1 failed task (#{row})? This cannot be undone."  # asked by the page's nonce script
         alert.dismiss()
         assert env.row(row) is not None  # cancelled: nothing sent
         driver.find_element(By.CSS_SELECTOR, f"#failure-{row} button.purge").click()
