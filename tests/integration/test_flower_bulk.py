@@ -7,6 +7,7 @@ hold the request while it works through the rows: it runs in the background, a b
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -83,6 +84,19 @@ def test_page_and_metrics_stay_bounded_with_ten_thousand_task_names(env: Env) ->
     assert len(by_task) == TOP + 1 and by_task[OTHER] == ROWS - TOP
     assert sum(by_task.values()) == ROWS
     assert len(ours) < 130, len(ours)  # 10,005 series before the cap
+
+
+def test_the_last_page_of_ten_thousand_rows_is_one_page_of_rows(env: Env) -> None:
+    with env.scenario.db.engine.connect() as conn:
+        oldest = conn.execute(select(FailedTask.id).order_by(FailedTask.id).limit(50)).scalars().all()
+    started = time.monotonic()
+    last = env.flower.request("GET", "/reliability?limit=50&page=200")
+    took = time.monotonic() - started
+    assert last.status == 200 and took < 5.0, took
+    label = re.search(r'id="failed-paging"[^>]*>\s*<span class="paging-label">([^<]*)<', last.body)
+    assert label is not None and label.group(1) == f"9951-10000 of {ROWS}"
+    assert [int(i) for i in re.findall(r'<tr id="failure-(\d+)"', last.body)] == sorted(oldest, reverse=True)
+    assert len(last.body.encode()) < 120_000
 
 
 def test_replay_all_returns_at_once_and_replays_every_row_in_the_background(env: Env) -> None:

@@ -131,6 +131,9 @@ def test_actions_are_refused_when_flower_runs_without_authentication(env: Env) -
         "replay all": ("/reliability/replay", {"all": "1", "status": "failed"}),
         "purge one": ("/reliability/purge", {"id": one}),
         "purge all": ("/reliability/purge", {"all": "1", "status": ""}),
+        "replay edited": ("/reliability/replay", {"id": one, "edited": "1", "args": '["x"]', "kwargs": "{}"}),
+        "resend pending": ("/reliability/pending/resend", {"id": one}),
+        "drop pending": ("/reliability/pending/drop", {"id": [one, other]}),
     }
     for what, (path, form) in attempts.items():
         refused = post_with_cookie_token(env.open, path, form)
@@ -243,7 +246,7 @@ def test_chromium_confirms_a_purge_under_the_content_security_policy(env: Env, t
         )
         button.click()
         alert = WebDriverWait(driver, 10).until(expected_conditions.alert_is_present())
-        assert alert.text == f"Delete failed row #{row}?"  # asked by the page's nonce script
+        assert alert.text == f"Purge 1 failed task (#{row})? This cannot be undone."  # asked by the page's nonce script
         alert.dismiss()
         assert env.row(row) is not None  # cancelled: nothing sent
         driver.find_element(By.CSS_SELECTOR, f"#failure-{row} button.purge").click()

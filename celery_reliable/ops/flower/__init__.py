@@ -18,8 +18,8 @@ from ...config import get_settings
 from ...exceptions import ImproperlyConfigured
 from .. import metrics
 from .api import api_rules
-from .handlers import page_rules
 from .nav import nav_transform
+from .routes import page_rules
 
 logger = logging.getLogger(__name__)
 

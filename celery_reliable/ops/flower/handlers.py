@@ -21,15 +21,14 @@ import tornado.web
 from celery import Celery
 from flower.views import BaseHandler  # type: ignore[import-untyped]
 from tornado.ioloop import IOLoop
-from tornado.routing import URLSpec
 from tornado.template import Loader, Template
 
-from ...exceptions import ReliableError, ReplayError
-from ...send.replay import ReplayResult, replay
-from ...store.failures import FailureFilter, purge_failures
+from ...exceptions import ReliableError
+from ...store.failures import FailureFilter
 from ...store.models import FailureStatus
 from ..status import pending_statuses
 from . import rows
+from .hints import celery_command
 from .jobs import Busy, jobs_of
 from .rows import Query, clip, short_json, short_time
 from .security import STORE_UNREACHABLE, actions_refusal, content_security_policy, notice_value
@@ -122,21 +121,30 @@ class Reliable(BaseHandler):  # type: ignore[misc]
             value = self.get_argument(name, default, escape=False)
             return str(value).strip()
 
-        try:
-            limit = int(arg("limit", str(rows.DEFAULT_LIMIT)) or rows.DEFAULT_LIMIT)
-        except ValueError:
-            raise tornado.web.HTTPError(400, "limit must be a whole number") from None
+        def number(name: str, default: int) -> int:
+            try:
+                return int(arg(name, str(default)) or default)
+            except ValueError:
+                raise tornado.web.HTTPError(400, f"{name} must be a whole number") from None
+
         try:
             return Query(
                 task=arg("task"), exception=arg("exception"), status=arg("status", Query.status),
-                pending_status=arg("pending_status"), limit=limit,
+                pending_status=arg("pending_status"), search=arg("search"), since=arg("since"),
+                until=arg("until"), limit=number("limit", rows.DEFAULT_LIMIT), page=number("page", 1),
+                pending_page=number("pending_page", 1), span=arg("span", Query.span),
             )  # fmt: skip
         except rows.BadQuery as exc:
             raise tornado.web.HTTPError(400, str(exc)) from None
 
-    def page_url(self, query: Query) -> str:
+    @property
+    def command(self) -> str:
+        """``celery -A <app>`` for the hints the page gives."""
+        return celery_command(self.app)
+
+    def page_url(self, query: Query, **changes: Any) -> str:
         url: str = self.reverse_url("reliability")
-        params = query.params()
+        params = query.params(**changes)
         return f"{url}?{urlencode(params)}" if params else url
 
 
@@ -160,9 +168,12 @@ class ReliabilityPage(Reliable):
             job=jobs_of(self.application).progress(),
             csp_nonce=self.csp_nonce,
             page_url=self.page_url(query),
+            page_url_for=partial(self.page_url, query),
             short_json=short_json,
             short_time=short_time,
-            clip=clip,
+            clip=partial(clip, command=self.command),
+            command=self.command,
+            chart=page.chart,
             traceback_shown=rows.TRACEBACK_SHOWN,
             pending_statuses=pending_statuses(),
             all_pending=rows.ALL,
@@ -208,7 +219,7 @@ class _Action(Reliable):
         if len(values) > MAX_IDS:
             raise tornado.web.HTTPError(400, f"at most {MAX_IDS} ids at once")
         try:
-            return [int(v) for v in values]
+            return list(dict.fromkeys(int(v) for v in values))  # each row once, in the order given
         except ValueError:
             raise tornado.web.HTTPError(400, "id must be a row id (a whole number)") from None
 
@@ -238,55 +249,8 @@ class _Action(Reliable):
         total = job.progress().total
         self.done(query, f"{action.capitalize()} of {total} row(s) started; its progress is shown below.", [], [])
 
-    def done(self, query: Query, title: str, lines: list[str], errors: list[str]) -> None:
-        value = notice_value(title, lines, errors)
+    def done(self, query: Query, title: str, lines: list[str], errors: list[str], to: str | None = None) -> None:
+        """Keep the outcome for the next page (a cookie) and go there: ``to``, or the list with the same filters."""
+        value = notice_value(title, lines, errors, self.command)
         self.set_signed_cookie(NOTICE_COOKIE, value, expires_days=None, httponly=True, samesite="Strict")
-        self.redirect(self.page_url(query), status=303)
-
-
-def _replay_ids(app: Celery, ids: list[int]) -> list[ReplayResult | ReplayError]:
-    outcomes: list[ReplayResult | ReplayError] = []
-    for failure_id in ids:
-        try:
-            outcomes.append(replay(app, failure_id))
-        except ReplayError as exc:
-            outcomes.append(exc)
-    return outcomes
-
-
-class ReplayAction(_Action):
-    """``POST /reliability/replay``: send failed rows again (each row once, see :func:`replay`)."""
-
-    @tornado.web.authenticated
-    async def post(self) -> None:
-        query, selected, in_background = self.selection("replay")
-        if in_background:
-            await self.start_job("replay", query, selected)
-            return
-        outcomes = await self.read(_replay_ids, self.app, list(selected.ids or ()))
-        sent = [o for o in outcomes if isinstance(o, ReplayResult)]
-        errors = [str(o) for o in outcomes if isinstance(o, ReplayError)]
-        lines = [f"#{r.failure_id} {r.task_name} replayed as {r.task_id}" for r in sent]
-        self.done(query, f"Replayed {len(sent)} row(s).", lines, errors)
-
-
-class PurgeAction(_Action):
-    """``POST /reliability/purge``: delete failed rows (rows being replayed are kept)."""
-
-    @tornado.web.authenticated
-    async def post(self) -> None:
-        query, selected, in_background = self.selection("purge")
-        if in_background:
-            await self.start_job("purge", query, selected)
-            return
-        deleted = await self.read(purge_failures, self.app, selected)
-        self.done(query, f"Purged {deleted} row(s).", [], [])
-
-
-def page_rules(prefix: str = "") -> list[URLSpec]:
-    """The page's routes, under Flower's ``--url_prefix`` (``prefix`` starts with ``/`` or is empty)."""
-    return [
-        tornado.web.url(prefix + r"/reliability", ReliabilityPage, name="reliability"),
-        tornado.web.url(prefix + r"/reliability/replay", ReplayAction, name="reliability-replay"),
-        tornado.web.url(prefix + r"/reliability/purge", PurgeAction, name="reliability-purge"),
-    ]
+        self.redirect(to or self.page_url(query), status=303)

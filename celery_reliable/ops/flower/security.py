@@ -75,7 +75,7 @@ def content_security_policy(nonce: str) -> str:
     )
 
 
-def notice_value(title: str, lines: list[str], errors: list[str]) -> str:
+def notice_value(title: str, lines: list[str], errors: list[str], command: str = "celery -A proj") -> str:
     """The notice as JSON no longer than :data:`NOTICE_BYTES`: long lines cut, extra ones counted."""
 
     def cut(text: str) -> str:
@@ -88,7 +88,7 @@ def notice_value(title: str, lines: list[str], errors: list[str]) -> str:
     value = ""
     for _ in range(len(lines) + len(errors) + 1):  # one line fewer each time
         hidden = len(lines) - len(kept_lines) + len(errors) - len(kept_errors)
-        more = [f"… and {hidden} more (see celery -A proj reliable failed list)"] if hidden else []
+        more = [f"… and {hidden} more (see {command} reliable failed list)"] if hidden else []
         value = json.dumps({"title": cut(title), "lines": kept_lines + more, "errors": kept_errors})
         if len(value.encode()) <= NOTICE_BYTES or not (kept_lines or kept_errors):
             break
