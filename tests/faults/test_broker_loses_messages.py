@@ -47,6 +47,14 @@ def scenario(
     yield from private_redis_scenario(request, volatile_redis, sqlite_db, tmp_path)
 
 
+@pytest.fixture
+def pg_scenario(
+    request: pytest.FixtureRequest, volatile_redis: RedisServer, postgres_db: str, tmp_path: Path
+) -> Iterator[Scenario]:
+    """The same on PostgreSQL: a worker whose pool processes die writes from several processes at once."""
+    yield from private_redis_scenario(request, volatile_redis, postgres_db, tmp_path)
+
+
 def _producer(scenario: Scenario) -> Iterator[Celery]:
     app = Celery("ledger-producer", broker=scenario.broker_url, set_as_current=False)
     app.conf.update(reliable_database_url=scenario.db.url, task_default_queue=scenario.queue)
@@ -172,7 +180,8 @@ def test_a_message_in_a_workers_hands_is_not_sent_again(scenario: Scenario, prod
     assert effects(scenario) == {"held-1": [task_id]}
 
 
-def test_a_task_that_retries_is_done_after_its_last_run(scenario: Scenario) -> None:
+def test_a_task_that_retries_is_done_after_its_last_run(pg_scenario: Scenario) -> None:
+    scenario = pg_scenario
     app = Celery("ledger-retry", broker=scenario.broker_url, set_as_current=False)
     app.conf.update(reliable_database_url=scenario.db.url, task_default_queue=scenario.queue)
 
