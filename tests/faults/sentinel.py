@@ -122,12 +122,12 @@ class SentinelSet:
 
     def _wait_in_sync(self, timeout: float) -> None:
         def in_sync() -> bool:
+            primary = _info(self.primary.port)  # first: the replica must have at least what it had then
             replica = _info(self.replica.port)
-            primary = _info(self.primary.port)
             return (
                 replica.get("master_link_status") == "up"
                 and int(primary.get("connected_slaves", 0)) == 1
-                and int(replica.get("slave_repl_offset", -1)) == int(primary.get("master_repl_offset", -2))
+                and int(replica.get("slave_repl_offset", -1)) >= int(primary.get("master_repl_offset", 0))
             )
 
         wait_for(in_sync, timeout, interval=0.1, what="the replica in sync with the primary")
