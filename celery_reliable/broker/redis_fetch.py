@@ -230,7 +230,7 @@ class AtomicFetch(Quarantine):
         keys = [prefix + key for _, key in pairs]
         quarantines = [prefix + self._quarantine(queue) for queue, _ in pairs]
         blmove = ("BLMOVE", keys[len(queues)], keys[0], "RIGHT", "LEFT", f"{wait:g}")
-        held = prefix + (held_key(worker_id) if worker_id else held_key(""))
+        held = prefix + held_key(worker_id)
         static = (
             "EVALSHA", self._take_sha or "", str(2 * len(keys) + 4), *keys, *quarantines,
             prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + TAKES_KEY, held,
