@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 
 from .claims import SEND_COLUMNS, ClaimedRow, relay_connection
 from .models import PendingMessage, PendingStatus, utcnow
@@ -86,14 +86,18 @@ def mark_done(app: Celery, task_ids: Sequence[str]) -> int:
     """Rows whose task reached an outcome (completed, or its failure stored): done. Returns count.
 
     A row reopened because the broker seemed to have lost it, and not claimed yet, is done too: the
-    outcome says its message was not lost after all.
+    outcome says its message was not lost after all. A pending row never sent (``tracked`` false) is
+    another message with the same task id (a client's retry): it is left to be sent, and the task's
+    own idempotency decides, whenever this outcome happens to be written.
     """
     if not task_ids:
         return 0
     values = {"status": PendingStatus.DONE, "done_at": utcnow()}
-    open_states = (PendingStatus.SENT, PendingStatus.PENDING)
+    reopened = and_(_T.c.status == PendingStatus.PENDING, _T.c.tracked.is_(True))
     with relay_connection(app) as conn:
         result = conn.execute(
-            update(_T).where(_T.c.task_id.in_(list(task_ids)), _T.c.status.in_(open_states)).values(values)
+            update(_T)
+            .where(_T.c.task_id.in_(list(task_ids)), or_(_T.c.status == PendingStatus.SENT, reopened))
+            .values(values)
         )
         return int(result.rowcount or 0)

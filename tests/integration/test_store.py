@@ -177,3 +177,26 @@ def test_processed_lookup_survives_a_dropped_connection(postgres_db: str) -> Non
         assert mark_processed(app, "d2", "t.x")
     finally:
         dispose(app)
+
+
+def test_an_outcome_marks_sent_and_reopened_rows_done_but_not_a_later_unsent_message(app: Celery) -> None:
+    """A client's retry kept as a pending row after the task completed is another message: the
+    outcome (written late by the worker) must not swallow it; a sent or reopened row is done."""
+    from sqlalchemy import update
+
+    from celery_reliable.store.engine import get_sessionmaker
+    from celery_reliable.store.ledger import mark_done
+    from celery_reliable.store.models import PendingMessage, PendingStatus
+    from celery_reliable.store.pending import PendingValues, add_pending
+
+    def values(task_id: str) -> PendingValues:
+        return PendingValues(task_id, "t.x", [1], {}, {"routing_key": "q"}, None, None)
+
+    sent, reopened, retry = add_pending(app, [values("a"), values("b"), values("a")], source="outbox")
+    with get_sessionmaker(app).begin() as session:
+        session.execute(update(PendingMessage).where(PendingMessage.id == sent).values(status="sent", tracked=True))
+        session.execute(update(PendingMessage).where(PendingMessage.id == reopened).values(tracked=True))
+    assert mark_done(app, ["a", "b"]) == 2
+    with get_sessionmaker(app)() as session:
+        status = {row.id: row.status for row in session.query(PendingMessage)}
+    assert status == {sent: PendingStatus.DONE, reopened: PendingStatus.DONE, retry: PendingStatus.PENDING}
