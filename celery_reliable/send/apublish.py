@@ -16,21 +16,26 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from celery import Celery
 
 from ..config import get_settings
+from ..exceptions import PublishError
 from ..message.prepare import prepare, send_options
 from ..message.trace import with_context
+from ..store.pending import PendingValues
 from .build import SendContext
 from .publish import PublishResult, keep, log_retry, retry_delay, send_once
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger(__name__)
 
 #: Threads that run the blocking steps of ``apublish()`` and of the async outbox's post-commit
 #: send. Sends to one broker take turns on the app's one connection anyway; the others write
@@ -50,12 +55,6 @@ def executor() -> ThreadPoolExecutor:
         return _pool[1]
 
 
-async def off_loop(func: Callable[..., _T], *args: Any) -> _T:
-    """``func(*args)`` on the pool, in the caller's context (its trace), awaited without holding the event loop."""
-    context = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(executor(), functools.partial(context.run, func, *args))
-
-
 async def apublish(
     app: Celery,
     name: str | Any,
@@ -66,9 +65,9 @@ async def apublish(
     """Send task ``name`` (a name or a task) reliably, from a coroutine: sent, or kept for the relay.
 
     The contract of :func:`~celery_reliable.publish`: the same checks, tries, backoff, fallback
-    and result; only the waiting is asynchronous. A cancelled call stops between steps: a send
-    or write already handed to a thread still completes, so the message may have been sent or
-    kept (same task id); use the outbox where a cancelled request must not lose its message.
+    and result; only the waiting is asynchronous. A cancelled call (a client gone, a timeout
+    around it) still ends with its message sent or kept: the pool finishes the try in flight, and
+    what is not sent by then goes to the pending table for the relay (same task id).
 
     Raises:
         PublishError: bad input (nothing sent or stored), or the broker is unreachable *and*
@@ -84,12 +83,52 @@ async def apublish(
     ctx = SendContext(app)
     tries = settings.publish_retries + 1
     last_error: BaseException | None = None
-    for attempt in range(tries):
-        last_error = await off_loop(send_once, app, name, send_args, send_kwargs, values.task_id, opts, ctx)
-        if last_error is None:
-            return PublishResult(values.task_id, sent=True)
-        if attempt < settings.publish_retries:
-            delay = retry_delay(settings.publish_retry_backoff, attempt)
-            log_retry(name, values.task_id, last_error, attempt, tries, delay)
-            await asyncio.sleep(delay)
-    return await off_loop(keep, app, name, values, last_error)
+    step: _Step | None = None
+    try:
+        for attempt in range(tries):
+            step = _Step("send", _submit(send_once, app, name, send_args, send_kwargs, values.task_id, opts, ctx))
+            last_error = await asyncio.wrap_future(step.future)
+            if last_error is None:
+                return PublishResult(values.task_id, sent=True)
+            if attempt < settings.publish_retries:
+                delay = retry_delay(settings.publish_retry_backoff, attempt)
+                log_retry(name, values.task_id, last_error, attempt, tries, delay)
+                await asyncio.sleep(delay)
+        step = _Step("keep", _submit(keep, app, name, values, last_error))
+        return await asyncio.wrap_future(step.future)
+    except asyncio.CancelledError:
+        _submit(_finish_cancelled, app, name, values, step, last_error)
+        raise
+
+
+class _Step:
+    """What a cancelled ``apublish()`` was doing: a try at the broker or the fallback write."""
+
+    def __init__(self, kind: str, future: Future[Any]) -> None:
+        self.kind = kind
+        self.future = future
+
+
+def _submit(func: Callable[..., _T], *args: Any) -> Future[_T]:
+    """``func(*args)`` on the pool, in the caller's context (its trace)."""
+    return executor().submit(functools.partial(contextvars.copy_context().run, func, *args))
+
+
+def _finish_cancelled(
+    app: Celery, name: str, values: PendingValues, step: _Step | None, last_error: BaseException | None
+) -> None:
+    """Runs on the pool after the caller cancelled: the message ends sent or kept, never dropped."""
+    if step is not None and not step.future.cancelled():
+        try:
+            outcome = step.future.result()  # the step in flight completes on its thread
+        except Exception:
+            logger.exception("%s[%s]: the fallback write of a cancelled apublish() failed", name, values.task_id)
+            return
+        if step.kind == "keep" or outcome is None:
+            return  # kept, or sent by the try in flight
+        last_error = outcome
+    error = last_error or asyncio.CancelledError("cancelled before its first try at the broker")
+    try:
+        keep(app, name, values, error)
+    except PublishError as exc:
+        logger.error("apublish() cancelled: %s", exc)

@@ -159,6 +159,51 @@ def test_apublish_sends_or_keeps_like_publish_without_holding_the_loop(
 
 
 @pytest.mark.rabbitmq
+def test_a_cancelled_apublish_still_ends_with_its_message_sent_or_kept(
+    async_scenario: Scenario, apps: AppFactory
+) -> None:
+    """A client gone or a timeout around ``apublish()``: the message is not dropped with the call."""
+    scenario = async_scenario
+    app = apps(scenario.broker_url, scenario.db.url, scenario.queue)
+    down = apps(
+        dead_broker(scenario.broker_url), scenario.db.url, scenario.queue,
+        reliable_publish_retries=3, reliable_publish_retry_backoff=2.0,
+    )  # fmt: skip
+
+    async def work() -> None:
+        # a dead broker: cancelled during its first try or the wait after it (tries take seconds)
+        for i in range(3):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(apublish(down, "t.ok", [i], task_id=f"gone-{i}"), 0.05 + 0.3 * i)
+        # a live broker: cancelled as soon as its first try is handed to the pool
+        for i in range(10):
+            task = asyncio.create_task(apublish(app, "t.ok", [i], task_id=f"live-{i}"))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    run_ticking(work)
+    # Then (once the pool has finished what the calls left) each message is in exactly one place
+    live = {f"live-{i}" for i in range(10)}
+    gone = {f"gone-{i}" for i in range(3)}
+
+    def placed() -> bool:
+        return len(pending_rows(scenario.db.url)) + len(queued_ids(scenario.broker_url, scenario.queue)) >= 13
+
+    wait_for(placed, 30, what="the cancelled calls' messages to be sent or kept")
+    time.sleep(0.3)  # anything still on its way would show now
+    queued = queued_ids(scenario.broker_url, scenario.queue)
+    kept = [(r.task_id, r.source, r.status) for r in pending_rows(scenario.db.url)]
+    assert sorted(queued + [task_id for task_id, _, _ in kept]) == sorted(live | gone)
+    assert {(task_id, source, status) for task_id, source, status in kept if task_id in gone} == {
+        (task_id, "publish_fallback", "pending") for task_id in gone
+    }
+    # and the relay sends what was kept: every message in the queue once
+    relay_once(app)
+    assert sorted(queued_ids(scenario.broker_url, scenario.queue)) == sorted(live | gone)
+
+
 def test_apublish_on_rabbitmq_is_confirmed(amqp_url: str, sqlite_db: str, queue: str, apps: AppFactory) -> None:
     db = migrated(sqlite_db)
     app = apps(amqp_url, db, queue)
