@@ -21,7 +21,22 @@ for _name in list(os.environ):
     if _name.startswith("RELIABLE_") and not _name.startswith("RELIABLE_TEST_"):
         del os.environ[_name]
 
-REDIS_URL = os.environ.get("RELIABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+#: Each pytest-xdist worker after the first takes a Redis database of its own (gw1: 10, gw2: 8, ...),
+#: so one worker's recovery sweeps and held sets never meet another's messages.
+_XDIST_REDIS_DBS = (11, 10, 8, 7, 6, 5)
+
+
+def _redis_url() -> str:
+    url = os.environ.get("RELIABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    if index == 0:
+        return url
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{_XDIST_REDIS_DBS[index % len(_XDIST_REDIS_DBS)]}"
+
+
+REDIS_URL = _redis_url()
 AMQP_URL = os.environ.get("RELIABLE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 POSTGRES_URL = os.environ.get("RELIABLE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("RELIABLE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")

@@ -7,6 +7,7 @@ Everything started here runs in its own process group, is stopped by PID, and li
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,10 +28,35 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
+#: Ports handed out by :func:`free_port` in this process: never given twice.
+_GIVEN: set[int] = set()
+
+
+def _lane() -> int:
+    """This run's lane of ports: its Redis database number (each pytest-xdist worker and each
+    compat run has its own), so parallel runs never pick the same port."""
+    url = os.environ.get("RELIABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    db = url.rpartition("/")[2]
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    return ((int(db) if db.isdigit() else 11) + 16 * index) % 32
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nobody listens on, below the kernel's range for outgoing connections (32768 and up:
+    a port picked there can be taken by a client socket before the server binds it)."""
+    first = 20000 + _lane() * 350
+    for port in random.sample(range(first, first + 350), 350):
+        if port in _GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free port in {first}-{first + 349}")
 
 
 def reliable_cli(

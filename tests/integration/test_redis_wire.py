@@ -17,6 +17,7 @@ from kombu import Exchange, Queue
 from celery_reliable import publish
 from celery_reliable.send.publisher import get_publisher, reset_publisher
 from celery_reliable.store.engine import dispose
+from tests.conftest import REDIS_URL
 from tests.harness import RedisServer, wait_for
 from tests.integration.test_publish import migrated, pending_rows
 
@@ -38,7 +39,7 @@ def prefix() -> Iterator[str]:
 
 
 def make(prefix: str, db_url: str, **conf: Any) -> Celery:
-    app = Celery(f"wire-{uuid.uuid4().hex[:6]}", broker="redis://127.0.0.1:6379/11", set_as_current=False)
+    app = Celery(f"wire-{uuid.uuid4().hex[:6]}", broker=REDIS_URL, set_as_current=False)
     app.conf.update(
         broker_transport_options={"global_keyprefix": prefix},
         reliable_database_url=db_url,

@@ -9,6 +9,7 @@ from celery_reliable.broker import facts as versions
 from celery_reliable.ops.doctor.result import Status
 from celery_reliable.ops.doctor.versions import check_versions
 from celery_reliable.worker.install import atomic_fetch_off, install
+from tests.conftest import REDIS_URL
 
 
 @pytest.mark.parametrize(
@@ -35,7 +36,7 @@ def test_untested_kombu_warns_and_switches_the_atomic_fetch_off(monkeypatch: pyt
     assert "kombu 5.8.0 not tested" in result.detail
     reason = versions.kombu_fetch_mismatch()
     assert reason is not None and "kombu 5.8.0 is not a tested release" in reason
-    app = Celery("untested-kombu", broker="redis://127.0.0.1:6379/11", set_as_current=False)
+    app = Celery("untested-kombu", broker=REDIS_URL, set_as_current=False)
     install(app)
     assert atomic_fetch_off(app) == reason
 
