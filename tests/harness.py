@@ -106,6 +106,8 @@ class Worker:
     concurrency: int = 1
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    #: the directory the worker runs in (a project's own directory: its modules are found there)
+    cwd: Path = ROOT
 
     #: the ``-A`` app of the worker and the environment variable naming its queue
     app_module = "tests.apps.workerapp"
@@ -122,7 +124,7 @@ class Worker:
         self._offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         if wait:
             self.wait_ready()
