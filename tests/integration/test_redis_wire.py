@@ -29,7 +29,7 @@ def prefix() -> Iterator[str]:
     """A kombu global_keyprefix of this test; its keys are deleted afterwards (db 11)."""
     value = f"rt-wire-{uuid.uuid4().hex[:8]}:"
     yield value
-    client = redis.Redis(db=11)
+    client = redis.Redis.from_url(REDIS_URL)
     try:
         keys = list(client.scan_iter(f"{value}*"))
         if keys:
@@ -60,7 +60,7 @@ def make(prefix: str, db_url: str, **conf: Any) -> Celery:
 
 
 def entries(prefix: str, key: str) -> list[dict[str, Any]]:
-    client = redis.Redis(db=11)
+    client = redis.Redis.from_url(REDIS_URL)
     try:
         raw = list(reversed(client.lrange(f"{prefix}{key}", 0, -1)))
     finally:
