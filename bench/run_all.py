@@ -1,6 +1,6 @@
 """Every benchmark in one run, and one table of ratios against plain Celery measured in it.
 
-    python -m bench.run_all [--quick] [--max-rows 1000000] [--parts consumer,publish,fetch,import,recovery]
+    python -m bench.run_all [--quick] [--max-rows 1000000] [--parts consumer,publish,outbox,fetch,import,recovery]
 
 (``scripts/bench`` runs it in the project's virtualenv after starting the services.)
 
@@ -13,6 +13,8 @@ Parts, each against plain Celery on the same machine, brokers and database, in t
               ``publish()`` against ``apply_async``, outbox commit -> broker latency, the relay's
               drain rate against its batch size, where its time goes (profile), and the claim's
               cost against the pending table's size (1k -> 1M rows) with its query plan
+    outbox    ``bench.bench_outbox``: staging messages with the outbox (``send()``, ``send_many()``)
+              against an ``apply_async`` loop, per message, interleaved runs
     fetch     ``bench.bench_fetch``: a kombu consumer draining Redis with kombu's fetch against
               the atomic fetch of ``celery_reliable.broker.redis_fetch``
     import    ``bench.bench_import``: ``import celery_reliable`` against the imports any Celery app
@@ -38,7 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import bench_consumer, bench_fetch, bench_import, bench_publish, bench_recovery
+from bench import bench_consumer, bench_fetch, bench_import, bench_outbox, bench_publish, bench_recovery
 from bench.bench_memory import MemoryProbe, mib
 from bench.bench_memory import report_table as memory_table
 
@@ -61,7 +63,8 @@ PUBLISH = {
     ],
 }  # fmt: skip
 #: The parts of a run, in order.
-PARTS = ("consumer", "publish", "fetch", "import", "recovery")
+PARTS = ("consumer", "publish", "outbox", "fetch", "import", "recovery")
+OUTBOX = {"quick": ["--n", "300", "--runs", "3"], "full": ["--n", "1000", "--runs", "7"]}
 FETCH = {"quick": ["--n", "3000", "--runs", "1"], "full": ["--n", "20000", "--runs", "3"]}
 #: The atomic fetch may cost a consumer at most this share of kombu's fetch rate.
 FETCH_TARGET = 0.85
@@ -260,6 +263,20 @@ def publish_rows(res: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def outbox_rows(results: bench_outbox.Results) -> list[Row]:
+    base = f"`apply_async` loop: {results.median('apply_async'):.0f} µs"
+    rows = []
+    for key, label, target in (
+        ("send", "outbox `send()` staging, per message", bench_outbox.TARGET_SEND),
+        ("send_many", "outbox `send_many()` staging, per message", bench_outbox.TARGET_SEND_MANY),
+    ):
+        ratio, total = results.ratio(key), results.median(f"{key}_total")
+        mine = f"{results.median(key):.0f} µs ({total:.0f} µs with commit and post-commit send)"
+        shown = f"{ratio:.2f}x (with commit: {results.ratio(key + '_total'):.2f}x)"
+        rows.append(Row(label, mine, base, shown, f"≥ {target:.0f}x", ratio >= target))
+    return rows
+
+
 def fetch_rows(results: dict[str, list[bench_fetch.Run]]) -> list[Row]:
     kombu, atomic = (bench_fetch.median_run(results[v]) for v in ("kombu", "atomic"))
     ratio = atomic.rate / kombu.rate
@@ -294,7 +311,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-rows", type=int, default=None,
         help="largest pending table of the claim measurement (default: 1,000,000 full, 10,000 quick)",
     )  # fmt: skip
-    parser.add_argument("--parts", default="consumer,publish,fetch,import,recovery", help=f"any of {', '.join(PARTS)}")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"any of {', '.join(PARTS)}")
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//")
@@ -354,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
             sections += bench_publish.profile_details(results["profile"], pub_args)
         if "claim" in results:
             sections += bench_publish.claim_details(results["claim"], pub_args)
+    if "outbox" in args.part_list:
+        bench_consumer.log(f"outbox staging benchmark ({mode})")
+        staged, outbox_report = bench_outbox.run([*OUTBOX[mode], "--pg-url", args.pg_url, "--redis", args.redis], True)
+        loads.append(("after the outbox part", bench_consumer.loadavg()))
+        rows += outbox_rows(staged)
+        sections += ["", outbox_report]
     if "fetch" in args.part_list:
         bench_consumer.log(f"fetch benchmark ({mode})")
         fetched = bench_fetch.run([*FETCH[mode], "--redis", args.redis])

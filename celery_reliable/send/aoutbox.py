@@ -95,6 +95,8 @@ class AsyncOutbox:
 
 def _on_commit(session: Session) -> None:
     """After the commit (in the loop's thread, inside the session's greenlet): hand the send to the pool."""
+    if session.in_nested_transaction():  # a savepoint released: its rows commit with the rest, later
+        return
     staged = _staged.pop(session, None)
     if staged is None:
         return
