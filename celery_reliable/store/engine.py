@@ -3,6 +3,12 @@
 A pooled connection must never cross a fork: the engine remembers the pid that made it, and a
 child (prefork pool, ``worker_process_init``) drops the inherited pool without closing the
 parent's sockets (``dispose(close=False)``).
+
+SQLite needs more: its library keeps, per process, which locks the process's connections hold
+on a file. A child forked while a parent's thread holds a connection inherits that bookkeeping,
+and its own connections then wait for a write lock nobody releases ("database is locked" after
+the busy timeout). So before this process forks (a prefork worker replacing a pool process), the
+fork waits for SQLite connections in use to come back and closes the idle ones (:class:`_ForkGuard`).
 """
 
 from __future__ import annotations
@@ -42,9 +48,76 @@ _handles: weakref.WeakKeyDictionary[Celery, _Handle] = weakref.WeakKeyDictionary
 _lock = threading.Lock()
 
 
+class _ForkGuard:
+    """No SQLite connection of this process is open while it forks (see the module's docstring).
+
+    Connections are counted from their connect or checkout to their checkin; a fork waits (at most
+    ``WAIT`` s) until none is out, keeps new ones from starting until it is done, and closes the
+    idle ones of every SQLite engine first.
+    """
+
+    WAIT = 10.0
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.out = 0
+        self.forking = False
+        self.engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+    def watch(self, engine: Engine) -> None:
+        self.engines.add(engine)
+        event.listen(engine, "connect", self._on_connect)
+        event.listen(engine, "checkout", self._on_checkout)
+        event.listen(engine, "checkin", self._on_checkin)
+
+    def _start(self) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: not self.forking, timeout=self.WAIT)
+            self.out += 1
+
+    def _on_connect(self, _dbapi_conn: Any, record: Any) -> None:
+        self._start()
+        record.info["reliable_counted"] = True  # the checkout that follows is this same use
+
+    def _on_checkout(self, _dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if not record.info.pop("reliable_counted", False):
+            self._start()
+
+    def _on_checkin(self, _dbapi_conn: Any, record: Any) -> None:
+        with self.cond:
+            self.out = max(0, self.out - 1)
+            self.cond.notify_all()
+
+    def before_fork(self) -> None:
+        with self.cond:
+            self.forking = True
+            self.cond.wait_for(lambda: self.out == 0, timeout=self.WAIT)
+        for engine in list(self.engines):
+            engine.pool.dispose()  # the idle connections: closed here, never inherited
+
+    def after_fork_in_parent(self) -> None:
+        with self.cond:
+            self.forking = False
+            self.cond.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        self.cond = threading.Condition()
+        self.out = 0
+        self.forking = False
+
+
+_fork_guard = _ForkGuard()
+os.register_at_fork(
+    before=_fork_guard.before_fork,
+    after_in_parent=_fork_guard.after_fork_in_parent,
+    after_in_child=_fork_guard.after_fork_in_child,
+)
+
+
 def _make_engine(url: str, **options: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **options)
+        _fork_guard.watch(engine)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
