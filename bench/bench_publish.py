@@ -62,7 +62,7 @@ SECTIONS = ("redis", "amqp", "single", "outbox", "claim", "batch", "profile")
 #: Targets of the brief.
 TARGET_RELAY_RATE = 20_000.0
 TARGET_RELAY_REDIS_RATIO = 9.0
-TARGET_RELAY_AMQP_RATIO = 3.0
+TARGET_RELAY_AMQP_RATIO = 8.0
 TARGET_PUBLISH_OVERHEAD = 0.10
 TARGET_OUTBOX_P50_MS = 5.0
 

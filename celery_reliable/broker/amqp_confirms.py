@@ -4,11 +4,17 @@ A confirm-mode channel numbers its messages 1, 2, ...; the broker acks or nacks 
 ``multiple`` covering every number up to the one named, and returns a ``mandatory`` message no
 queue took. :class:`Confirms` keeps the outcome of each message of a batch, so the caller can say
 exactly which were taken (acked, not returned), refused, or not answered.
+
+The channel does not write a message when it is published: its frames are encoded
+(:mod:`.amqp_wire`) and kept until :meth:`Confirms.write`, which sends all kept so far in one
+write. The numbering is the order of publishing, which is the order of the frames written.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from .amqp_wire import publish_frames
 
 
 class Confirms:
@@ -25,6 +31,8 @@ class Confirms:
         self.low = 0  # index of the first unresolved tag of the batch
         self.open = 0  # tags of the batch without an answer
         self.returned: dict[str, str] = {}  # task id -> why RabbitMQ returned it (unroutable)
+        self.unwritten: list[bytes] = []  # frames of messages published, not written yet
+        self.unwritten_bytes = 0
 
     def start(self) -> None:
         self.first = self.published + 1
@@ -32,6 +40,35 @@ class Confirms:
         self.low = 0
         self.open = 0
         self.returned = {}
+        self.unwritten = []
+        self.unwritten_bytes = 0
+
+    def keep(self, frames: bytes) -> None:
+        """A message published: its frames wait for :meth:`write`; it has the next number."""
+        self.unwritten.append(frames)
+        self.unwritten_bytes += len(frames)
+        self.published_one()
+
+    def write(self, channel: Any, timeout: float | None) -> None:
+        """Write the frames kept so far on ``channel``'s connection, in one write bounded by ``timeout``."""
+        if not self.unwritten:
+            return
+        data = b"".join(self.unwritten)
+        self.unwritten = []
+        self.unwritten_bytes = 0
+        from amqp.exceptions import RecoverableConnectionError
+
+        connection = channel.connection
+        if connection is None or connection.transport is None:
+            raise RecoverableConnectionError("connection already closed")
+        transport = connection.transport
+        try:
+            with transport.having_timeout(timeout):
+                transport.write(data)
+        except TimeoutError:
+            # part of the data may be written: the connection cannot be used any more
+            raise RecoverableConnectionError("basic_publish: timed out") from None
+        connection.bytes_sent += 1  # (what py-amqp's own writer counts, for heartbeats)
 
     def on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         """basic.return of a mandatory message: RabbitMQ acks it too, but no queue has it."""
@@ -76,20 +113,43 @@ class Confirms:
         return outcome
 
 
+def read_arrived(channel: Any, limit: int = 100_000) -> None:
+    """Handle the frames that have arrived on ``channel``'s connection (confirms, returns), without waiting."""
+    connection = channel.connection
+    if connection is None:
+        return
+    for _ in range(limit):
+        try:
+            connection.drain_events(timeout=0)
+        except TimeoutError:
+            return
+
+
 def confirm_channel(connection: Any) -> tuple[Any, Confirms]:
-    """A new channel of ``connection`` (py-amqp) in confirm mode that publishes without waiting
-    for each confirm, and the :class:`Confirms` that records them as they arrive."""
+    """A new channel of ``connection`` (py-amqp) in confirm mode whose publishes are kept for
+    :meth:`Confirms.write` (no write, no wait per message), and the :class:`Confirms` that records
+    their confirms as they arrive."""
     channel: Any = connection.channel()
     channel.confirm_select()
     channel._confirm_selected = True
     confirms = Confirms()
-    publish = channel._basic_publish
 
-    def publish_no_wait(*args: Any, **kwargs: Any) -> Any:
-        kwargs.pop("confirm_timeout", None)
-        result = publish(*args, **kwargs)
-        confirms.published_one()
-        return result
+    def publish_no_wait(
+        msg: Any,
+        exchange: str = "",
+        routing_key: str = "",
+        mandatory: bool = False,
+        immediate: bool = False,
+        timeout: float | None = None,
+        confirm_timeout: float | None = None,
+    ) -> None:
+        connection = channel.connection
+        if connection is None:
+            from amqp.exceptions import RecoverableConnectionError
+
+            raise RecoverableConnectionError("connection already closed")
+        frame_max = connection.frame_max
+        confirms.keep(publish_frames(msg, channel.channel_id, frame_max, exchange, routing_key, mandatory, immediate))
 
     channel.basic_publish = publish_no_wait
     channel.events["basic_ack"].add(confirms.on_ack)

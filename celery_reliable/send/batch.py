@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..broker import redis_wire
+from ..broker.amqp_confirms import Confirms, read_arrived
 from ..broker.redis_wire import Entry
 from .publisher import Publisher, is_bad_input
+
+#: RabbitMQ: bytes of messages written at once (then the confirms that arrived are read).
+WINDOW_BYTES = 256 * 1024
 
 #: A message to build and send: task name, args, kwargs, task id, ``send_task`` options.
 Message = tuple[str, Any, Any, str, dict[str, Any]]
@@ -137,17 +141,23 @@ def send_each(publisher: Publisher, messages: Sequence[Message]) -> BatchOutcome
 def send_confirmed(publisher: Publisher, messages: Sequence[Message]) -> BatchOutcome:
     """RabbitMQ: publish a batch on a confirm-mode channel, then wait for every confirm.
 
-    A message counts as sent only when the broker acked it. Messages published but not acked
-    (nack, timeout, lost connection) fail; after a broker error the rest are not tried. The
-    whole wait is bounded by ``reliable_publish_timeout``.
+    Messages are written a window at a time (:data:`WINDOW_BYTES` in one write), and the
+    confirms that have arrived are read after each window; then the rest are awaited. A message
+    counts as sent only when the broker acked it. Messages written but not acked (nack, timeout,
+    lost connection, a write that failed) fail; after a broker error the rest, and messages
+    published but not yet written, are not tried. Each write, and the wait for the last
+    confirms, is bounded by ``reliable_publish_timeout``.
     """
     outcome = BatchOutcome()
     spans: list[tuple[int, int, int]] = []  # (message index, first tag, end tag) as batch indexes
     current: int | None = 0  # the message being published when an error struck (connecting: the first)
+    written = 0  # spans handed to the socket (spans[written:] are kept, not written)
+    tried = 0  # messages looked at (published, or failed as bad input)
     error = ""
     try:
         producer = publisher._confirm_producer()
         confirms = publisher.confirms
+        channel = producer.channel
         confirms.start()
         ctx = publisher.context()
         for index, (name, args, kwargs, task_id, options) in enumerate(messages):
@@ -158,10 +168,16 @@ def send_confirmed(publisher: Publisher, messages: Sequence[Message]) -> BatchOu
             except Exception as exc:
                 if is_bad_input(exc) and len(confirms.results) == before:
                     outcome.failed.append((index, f"{type(exc).__name__}: {exc}"))
+                    tried = index + 1
                     continue
                 raise
             spans.append((index, before, len(confirms.results)))
-        current = None
+            current, tried = None, index + 1
+            if confirms.unwritten_bytes >= WINDOW_BYTES:
+                written = len(spans)
+                _write_window(confirms, channel, publisher.timeout)
+        current, written = None, len(spans)
+        _write_window(confirms, channel, publisher.timeout)
         deadline = time.monotonic() + publisher.timeout
         for _ in range(1_000_000):
             if not confirms.open:
@@ -175,7 +191,9 @@ def send_confirmed(publisher: Publisher, messages: Sequence[Message]) -> BatchOu
         outcome.broker_down = True
         if current is not None:
             outcome.failed.append((current, error))
-            outcome.untried = list(range(current + 1, len(messages)))
+            tried = current + 1
+        outcome.untried = [index for index, _start, _end in spans[written:]] + list(range(tried, len(messages)))
+        del spans[written:]
     for index, start, end in spans:
         result = publisher.confirms.confirmed(start, end)
         returned = publisher.confirms.returned.get(messages[index][3])
@@ -190,3 +208,9 @@ def send_confirmed(publisher: Publisher, messages: Sequence[Message]) -> BatchOu
         else:
             outcome.failed.append((index, error or "no publisher confirm"))
     return outcome
+
+
+def _write_window(confirms: Confirms, channel: Any, timeout: float) -> None:
+    """Write the messages published since the last window; handle the confirms that came meanwhile."""
+    confirms.write(channel, timeout)
+    read_arrived(channel)
