@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -200,3 +201,71 @@ def test_an_outcome_marks_sent_and_reopened_rows_done_but_not_a_later_unsent_mes
     with get_sessionmaker(app)() as session:
         status = {row.id: row.status for row in session.query(PendingMessage)}
     assert status == {sent: PendingStatus.DONE, reopened: PendingStatus.DONE, retry: PendingStatus.PENDING}
+
+
+_FORK_SCRIPT = r"""
+import os, sqlite3, sys, threading, time
+from sqlalchemy import text
+from celery_reliable.store.engine import make_engine
+
+path, guarded = sys.argv[1], sys.argv[2] == "library"
+holding = threading.Event()
+
+def hold():
+    if guarded:  # a write transaction on the library's engine, in a thread of the parent
+        with make_engine(f"sqlite:///{path}").begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+            holding.set()
+            time.sleep(1.0)
+    else:  # the same on a plain sqlite3 connection
+        conn = sqlite3.connect(path, timeout=30)
+        conn.execute("INSERT INTO t VALUES (1)")
+        holding.set()
+        time.sleep(1.0)
+        conn.commit()
+        conn.close()
+
+thread = threading.Thread(target=hold)
+thread.start()
+holding.wait(10)
+pid = os.fork()  # as a prefork worker replaces a pool process while a thread of it writes
+if pid == 0:
+    started = time.monotonic()
+    try:
+        conn = sqlite3.connect(path, timeout=2)
+        conn.execute("INSERT INTO t VALUES (2)")
+        conn.commit()
+        print("wrote", flush=True)
+        os._exit(0)
+    except sqlite3.OperationalError as exc:
+        print(f"refused after {time.monotonic() - started:.1f} s: {exc}", flush=True)
+        os._exit(1)
+thread.join()
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_process_forked_while_a_thread_writes_to_sqlite_can_write(tmp_path: Path) -> None:
+    """A child forked while the parent holds a SQLite write lock inherits the parent's lock
+    bookkeeping and is refused every write; the library's engines make the fork wait for it."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    path = tmp_path / "fork.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    conn.commit()
+    conn.close()
+
+    def run(kind: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", _FORK_SCRIPT, str(path), kind], capture_output=True, text=True, timeout=60
+        )
+
+    plain = run("plain")  # the hazard itself, without the library
+    assert plain.returncode == 1 and "database is locked" in plain.stdout, (plain.stdout, plain.stderr)
+    guarded = run("library")
+    assert (guarded.returncode, guarded.stdout.strip()) == (0, "wrote"), guarded.stderr
