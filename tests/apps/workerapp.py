@@ -115,6 +115,14 @@ def slow(self, key, seconds):
     _effect(key, self.request.id)
 
 
+@app.task(bind=True, name="t.slow_first")
+def slow_first(self, key, seconds):
+    """Slow on its first run only: a worker killed meanwhile surely held it; the run after is quick."""
+    if _attempt(key) == 1:
+        time.sleep(seconds)
+    _effect(key, self.request.id)
+
+
 @app.task(bind=True, name="t.hang", time_limit=2)
 def hang(self, key):
     _attempt(key)

@@ -72,11 +72,13 @@ def test_several_workers_noticing_at_once_give_each_message_back_once(redis_sqli
     scenario = redis_sqlite_scenario
     # Given a worker holding two messages and three live workers that all look for lost ones
     doomed = scenario.worker("w0", concurrency=2)
-    scenario.send("t.slow", "held-1", 4.0, task_id="held-1")
-    scenario.send("t.slow", "held-2", 4.0, task_id="held-2")
+    # (slow on their first run: still held however long the watchers take to start on a busy machine)
+    scenario.send("t.slow_first", "held-1", 120.0, task_id="held-1")
+    scenario.send("t.slow_first", "held-2", 120.0, task_id="held-2")
     wait_for(lambda: doomed.output().count("received") >= 2, 20, what="the doomed worker holding both")
     watchers = [scenario.worker(f"w{i}", concurrency=1) for i in (1, 2, 3)]
     wait_for(lambda: len(_alive(scenario)) >= 4, 20, what="four heartbeats")
+    assert scenario.db.counts().effect("held-1") + scenario.db.counts().effect("held-2") == 0
     # When it is killed
     doomed.kill()
     # Then each of its messages runs exactly once more, whichever watcher gave it back
