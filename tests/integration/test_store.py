@@ -27,7 +27,13 @@ from celery_reliable.store.failures import (
 )
 from celery_reliable.store.migrate import VERSION_TABLE, current_revision, downgrade, head_revision
 from celery_reliable.store.models import Base
-from celery_reliable.store.processed import is_processed, mark_processed, mark_processed_in, purge_processed
+from celery_reliable.store.processed import (
+    is_processed,
+    mark_processed,
+    mark_processed_in,
+    mark_processed_many,
+    purge_processed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -144,6 +150,20 @@ def test_processed_ids(app: Celery) -> None:
     assert not is_processed(app, "p1")
 
 
+def test_processed_ids_in_one_statement(app: Celery) -> None:
+    # Given one id already recorded
+    assert mark_processed(app, "m0", "t.x")
+    now = datetime.now(timezone.utc)
+    # When many are recorded at once, that one among them, with odd ids and a long name
+    odd = ["m1", "m,2", 'm"3', "m'4", "{m5}"]
+    mark_processed_many(app, [(task_id, "t." + "y" * 300, now) for task_id in ["m0", *odd]])
+    # Then all are recorded, the known one left as it was
+    assert all(is_processed(app, task_id) for task_id in ["m0", *odd])
+    assert not is_processed(app, "m6")
+    mark_processed_many(app, [])
+    assert purge_processed(app, older_than=0) == 6
+
+
 def test_unmigrated_database_is_a_clear_store_error(any_db_url: str) -> None:
     app = Celery("store", broker="memory://", set_as_current=False)
     app.conf.reliable_database_url = any_db_url
@@ -156,12 +176,13 @@ def test_unmigrated_database_is_a_clear_store_error(any_db_url: str) -> None:
 
 @pytest.mark.postgres
 def test_processed_lookup_survives_a_dropped_connection(postgres_db: str) -> None:
-    # Given a pooled autocommit connection that the server then terminates
+    # Given a pooled autocommit connection and a held one, that the server then terminates
     app = Celery("store", broker="memory://", set_as_current=False)
     app.conf.reliable_database_url = postgres_db
     upgrade(app)
     try:
         assert mark_processed(app, "d1", "t.x")
+        assert not is_processed(app, "d0")  # the lookup's held connection is open, its statement prepared
         admin = create_engine(postgres_db, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             dbname = postgres_db.rsplit("/", 1)[1]
