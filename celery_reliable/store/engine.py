@@ -111,26 +111,37 @@ def get_autocommit_engine(app: Celery) -> Engine:
     return handle.autocommit
 
 
-def held_connection(app: Celery) -> PoolProxiedConnection:
+#: Most connections held by one process (:func:`held_connection`); more threads (a thread or
+#: greenlet pool) share the autocommit pool instead.
+MAX_HELD = 8
+
+
+def held_connection(app: Celery) -> PoolProxiedConnection | None:
     """This thread's own autocommit connection, held for the life of the process.
 
     For the one statement every idempotent task runs before it starts: no pool checkout and
     return around it, and a statement prepared once per connection stays prepared. It comes
-    from an engine without a pool, so a held connection never takes a slot of the shared pools
-    (a thread pool holds one per thread). :func:`drop_held_connection` replaces a dead one.
+    from an engine without a pool, so a held connection never takes a slot of the shared pools.
+    None once :data:`MAX_HELD` threads of the process hold one. :func:`drop_held_connection`
+    replaces a dead one.
     """
     handle = _handle(app)
     conn: PoolProxiedConnection | None = getattr(handle.local, "conn", None)
     if conn is not None:
         return conn
-    if handle.held is None:
-        with _lock:
-            if handle.held is None:
-                handle.held = _make_engine(handle.url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    conn = handle.held.raw_connection()
-    handle.local.conn = conn
     with _lock:
+        if len(handle.holding) >= MAX_HELD:
+            return None
+        if handle.held is None:
+            handle.held = _make_engine(handle.url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        held = handle.held
+    conn = held.raw_connection()
+    with _lock:
+        if len(handle.holding) >= MAX_HELD:  # other threads took the last places meanwhile
+            conn.close()
+            return None
         handle.holding.append(conn)
+    handle.local.conn = conn
     return conn
 
 

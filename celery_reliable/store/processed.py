@@ -86,6 +86,8 @@ def is_processed(app: Celery, task_id: str) -> bool:
             conn = held_connection(app)
         except SQLAlchemyError as exc:  # could not connect
             raise store_error(str(engine.url), exc) from exc
+        if conn is None:  # many threads: the pooled connections
+            return _raw(app, _LOOKUP, (task_id,), fetch=True)
         try:
             found = _ask_libpq(conn, task_id)
             if found is None:

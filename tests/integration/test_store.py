@@ -164,6 +164,28 @@ def test_processed_ids_in_one_statement(app: Celery) -> None:
     assert purge_processed(app, older_than=0) == 6
 
 
+def test_processed_lookup_from_more_threads_than_held_connections(app: Celery) -> None:
+    from celery_reliable.store.engine import MAX_HELD, _handle
+
+    # Given one recorded id, When more threads than a process holds connections for look up at once
+    assert mark_processed(app, "t1", "t.x")
+    answers: list[tuple[bool, bool]] = []
+    barrier = threading.Barrier(MAX_HELD + 4)
+
+    def lookup() -> None:
+        barrier.wait(timeout=30)
+        answers.append((is_processed(app, "t1"), is_processed(app, "t2")))
+
+    threads = [threading.Thread(target=lookup) for _ in range(MAX_HELD + 4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    # Then every answer is right and the process holds no more than MAX_HELD connections
+    assert answers == [(True, False)] * (MAX_HELD + 4)
+    assert len(_handle(app).holding) <= MAX_HELD
+
+
 def test_unmigrated_database_is_a_clear_store_error(any_db_url: str) -> None:
     app = Celery("store", broker="memory://", set_as_current=False)
     app.conf.reliable_database_url = any_db_url
