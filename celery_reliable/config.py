@@ -84,6 +84,15 @@ class ReliableSettings:
         default=7 * 24 * 3600.0,
         metadata=doc("How long completed task ids are kept, seconds (longer than any redelivery).", seconds(365 * DAY)),
     )
+    idempotency_flush_interval: float | None = field(
+        default=0.02,
+        metadata=doc(
+            "Seconds an idempotent task's completion record may wait, after its message is acknowledged, to be "
+            "written with others in one statement by a thread of the pool process; None writes each record before "
+            "the acknowledgement. A process killed in that interval forgets those ids (see guarantees).",
+            seconds(10.0),
+        ),
+    )
     visibility_timeout: float = field(
         default=600.0,
         metadata=doc(

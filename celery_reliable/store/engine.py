@@ -17,13 +17,14 @@ import os
 import sqlite3
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
 from ..config import get_settings
 from ..exceptions import StoreError
@@ -37,11 +38,19 @@ class _Handle:
     engine: Engine
     sessions: sessionmaker[Session]
     autocommit: Engine | None = None
+    held: Engine | None = None
+    #: each thread's held connection (see :func:`held_connection`), and all of them, to close
+    local: threading.local = field(default_factory=threading.local)
+    holding: list[PoolProxiedConnection] = field(default_factory=list)
 
     def dispose(self, close: bool = True) -> None:
         self.engine.dispose(close=close)
         if self.autocommit is not None:
             self.autocommit.dispose(close=close)
+        if close:
+            for conn in self.holding:
+                conn.close()
+        self.holding.clear()
 
 
 _handles: weakref.WeakKeyDictionary[Celery, _Handle] = weakref.WeakKeyDictionary()
@@ -134,7 +143,8 @@ def _make_engine(url: str, **options: Any) -> Engine:
                 cursor.close()
 
         return engine
-    return create_engine(url, **{"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, **options})
+    pooled = {} if options.get("poolclass") is NullPool else {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4}
+    return create_engine(url, **{**pooled, **options})
 
 
 def make_engine(url: str, **options: Any) -> Engine:
@@ -172,6 +182,54 @@ def get_autocommit_engine(app: Celery) -> Engine:
                     event.listen(engine, "connect", _asynchronous_commit)
                 handle.autocommit = engine
     return handle.autocommit
+
+
+#: Most connections held by one process (:func:`held_connection`); more threads (a thread or
+#: greenlet pool) share the autocommit pool instead.
+MAX_HELD = 8
+
+
+def held_connection(app: Celery) -> PoolProxiedConnection | None:
+    """This thread's own autocommit connection, held for the life of the process.
+
+    For the one statement every idempotent task runs before it starts: no pool checkout and
+    return around it, and a statement prepared once per connection stays prepared. It comes
+    from an engine without a pool, so a held connection never takes a slot of the shared pools.
+    None once :data:`MAX_HELD` threads of the process hold one. :func:`drop_held_connection`
+    replaces a dead one.
+    """
+    handle = _handle(app)
+    conn: PoolProxiedConnection | None = getattr(handle.local, "conn", None)
+    if conn is not None:
+        return conn
+    with _lock:
+        if len(handle.holding) >= MAX_HELD:
+            return None
+        if handle.held is None:
+            handle.held = _make_engine(handle.url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        held = handle.held
+    conn = held.raw_connection()
+    with _lock:
+        if len(handle.holding) >= MAX_HELD:  # other threads took the last places meanwhile
+            conn.close()
+            return None
+        handle.holding.append(conn)
+    handle.local.conn = conn
+    return conn
+
+
+def drop_held_connection(app: Celery, conn: PoolProxiedConnection) -> None:
+    """Close a held connection found dead; the thread's next :func:`held_connection` opens another."""
+    handle = _handle(app)
+    if getattr(handle.local, "conn", None) is conn:
+        handle.local.conn = None
+    with _lock:
+        if conn in handle.holding:
+            handle.holding.remove(conn)
+    try:
+        conn.invalidate()
+    except Exception:  # already broken: nothing left to close
+        pass
 
 
 def _asynchronous_commit(dbapi_conn: Any, _record: Any) -> None:

@@ -176,6 +176,10 @@ def _connect_receivers() -> None:
     _receivers_connected = True
     signals.worker_process_init.connect(_after_fork, weak=False)
     signals.worker_ready.connect(_check_schema, weak=False)
+    # A pool process that ends normally, and a worker running tasks in its main process (solo
+    # or threads pool), write the completion records still waiting.
+    signals.worker_process_shutdown.connect(_flush_marks, weak=False)
+    signals.worker_shutdown.connect(_flush_marks, weak=False)
 
 
 def _check_schema(sender: Any = None, **_: Any) -> None:
@@ -214,6 +218,12 @@ def _after_fork(**_: Any) -> None:
 
     for app in list(_installed):
         reset_after_fork(app)
+
+
+def _flush_marks(**_: Any) -> None:
+    from .marks import flush_all
+
+    flush_all()
 
 
 def installed(app: Celery) -> bool:

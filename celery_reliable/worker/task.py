@@ -20,7 +20,7 @@ from ..exceptions import StoreError
 from ..send.publish import PublishResult, publish
 from ..send.publish_all import celery_path, maybe_publish
 from ..store.processed import is_processed, mark_processed, mark_processed_in
-from . import arguments, record
+from . import arguments, marks, record
 from .failure_store import store
 from .install import fit_visibility_timeout, install, retry_ceiling
 from .requeue import REASON_RETRY, REQUEUE_LIMIT, HandedBack, RetryNotSentError, is_transient
@@ -43,6 +43,8 @@ class _Policy:
     idempotent: bool
     ceiling: float | None
     builtin: bool = False
+    #: seconds a completion record may wait to be written with others; None: before the ack
+    flush_interval: float | None = None
 
 
 def _exceptions(values: Any, setting: str) -> tuple[type[BaseException], ...]:
@@ -158,6 +160,7 @@ class ReliableTask(_TaskBase):
             idempotent=not builtin and (settings.idempotent if cls.idempotent is None else bool(cls.idempotent)),
             ceiling=retry_ceiling(app),
             builtin=builtin,
+            flush_interval=settings.idempotency_flush_interval,
         )
 
     @property
@@ -183,7 +186,7 @@ class ReliableTask(_TaskBase):
             # before publishing): stored at once, never run.
             request.reliable_reason = arguments.REASON  # type: ignore[attr-defined]
             raise misfit
-        if policy.idempotent and task_id and is_processed(self.app, task_id):
+        if policy.idempotent and task_id and (marks.holds(self.app, task_id) or is_processed(self.app, task_id)):
             logger.info("Task %s[%s] already completed; duplicate delivery skipped", self.name, request.id)
             return None
         request.reliable_completion_recorded = False  # type: ignore[attr-defined]
@@ -199,7 +202,10 @@ class ReliableTask(_TaskBase):
             self._retry_or_raise(exc)
             raise
         if policy.idempotent and not request.reliable_completion_recorded:  # type: ignore[attr-defined]
-            mark_processed(self.app, task_id, self.name)
+            if policy.flush_interval is None or request.is_eager:
+                mark_processed(self.app, task_id, self.name)
+            else:  # written with others by this process's writer, after the ack (celery_reliable.worker.marks)
+                marks.add(self.app, task_id, self.name, policy.flush_interval)
         return result
 
     def _retry_or_raise(self, exc: Exception) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Integer, MetaData, String
+import time
+
+from sqlalchemy import Float, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -16,6 +18,8 @@ class Effect(TestBase):
     key: Mapped[str] = mapped_column(String(200), index=True)
     task_id: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
+    #: when the effect was written (time.time() in the worker)
+    at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
 class Attempt(TestBase):

@@ -36,6 +36,9 @@ app.conf.update(
     worker_send_task_events=True,
 )
 app.conf.task_default_retry_delay = 0.2
+if os.environ.get("RELIABLE_TEST_FLUSH_INTERVAL"):
+    _interval = os.environ["RELIABLE_TEST_FLUSH_INTERVAL"]
+    app.conf.reliable_idempotency_flush_interval = None if _interval == "none" else float(_interval)
 # a sentinel:// broker needs master_name, which a URL cannot carry (JSON)
 app.conf.broker_transport_options = json.loads(os.environ.get("RELIABLE_TEST_TRANSPORT_OPTIONS", "{}"))
 
@@ -134,6 +137,13 @@ def idem(self, key):
     with get_sessionmaker(app).begin() as session:
         session.add(Effect(key=key, task_id=self.request.id, pid=os.getpid()))
         self.record_completion(session)
+
+
+@app.task(bind=True, name="t.idem_plain", idempotent=True)
+def idem_plain(self, key, seconds=0.0):
+    """Idempotent without record_completion: the effect commits on its own, the record after it."""
+    time.sleep(seconds)
+    _effect(key, self.request.id)
 
 
 @app.task(bind=True, name="t.idem_slow", idempotent=True)

@@ -28,7 +28,13 @@ from celery_reliable.store.failures import (
 )
 from celery_reliable.store.migrate import VERSION_TABLE, current_revision, downgrade, head_revision
 from celery_reliable.store.models import Base
-from celery_reliable.store.processed import is_processed, mark_processed, mark_processed_in, purge_processed
+from celery_reliable.store.processed import (
+    is_processed,
+    mark_processed,
+    mark_processed_in,
+    mark_processed_many,
+    purge_processed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -145,6 +151,42 @@ def test_processed_ids(app: Celery) -> None:
     assert not is_processed(app, "p1")
 
 
+def test_processed_ids_in_one_statement(app: Celery) -> None:
+    # Given one id already recorded
+    assert mark_processed(app, "m0", "t.x")
+    now = datetime.now(timezone.utc)
+    # When many are recorded at once, that one among them, with odd ids and a long name
+    odd = ["m1", "m,2", 'm"3', "m'4", "{m5}"]
+    mark_processed_many(app, [(task_id, "t." + "y" * 300, now) for task_id in ["m0", *odd]])
+    # Then all are recorded, the known one left as it was
+    assert all(is_processed(app, task_id) for task_id in ["m0", *odd])
+    assert not is_processed(app, "m6")
+    mark_processed_many(app, [])
+    assert purge_processed(app, older_than=0) == 6
+
+
+def test_processed_lookup_from_more_threads_than_held_connections(app: Celery) -> None:
+    from celery_reliable.store.engine import MAX_HELD, _handle
+
+    # Given one recorded id, When more threads than a process holds connections for look up at once
+    assert mark_processed(app, "t1", "t.x")
+    answers: list[tuple[bool, bool]] = []
+    barrier = threading.Barrier(MAX_HELD + 4)
+
+    def lookup() -> None:
+        barrier.wait(timeout=30)
+        answers.append((is_processed(app, "t1"), is_processed(app, "t2")))
+
+    threads = [threading.Thread(target=lookup) for _ in range(MAX_HELD + 4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    # Then every answer is right and the process holds no more than MAX_HELD connections
+    assert answers == [(True, False)] * (MAX_HELD + 4)
+    assert len(_handle(app).holding) <= MAX_HELD
+
+
 def test_unmigrated_database_is_a_clear_store_error(any_db_url: str) -> None:
     app = Celery("store", broker="memory://", set_as_current=False)
     app.conf.reliable_database_url = any_db_url
@@ -157,12 +199,13 @@ def test_unmigrated_database_is_a_clear_store_error(any_db_url: str) -> None:
 
 @pytest.mark.postgres
 def test_processed_lookup_survives_a_dropped_connection(postgres_db: str) -> None:
-    # Given a pooled autocommit connection that the server then terminates
+    # Given a pooled autocommit connection and a held one, that the server then terminates
     app = Celery("store", broker="memory://", set_as_current=False)
     app.conf.reliable_database_url = postgres_db
     upgrade(app)
     try:
         assert mark_processed(app, "d1", "t.x")
+        assert not is_processed(app, "d0")  # the lookup's held connection is open, its statement prepared
         admin = create_engine(postgres_db, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             dbname = postgres_db.rsplit("/", 1)[1]
