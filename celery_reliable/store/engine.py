@@ -195,10 +195,13 @@ def held_connection(app: Celery) -> PoolProxiedConnection | None:
     For the one statement every idempotent task runs before it starts: no pool checkout and
     return around it, and a statement prepared once per connection stays prepared. It comes
     from an engine without a pool, so a held connection never takes a slot of the shared pools.
-    None once :data:`MAX_HELD` threads of the process hold one. :func:`drop_held_connection`
-    replaces a dead one.
+    None once :data:`MAX_HELD` threads of the process hold one, and always for SQLite (a local
+    file, no round trip to save; and a connection open for good would be open across a fork).
+    :func:`drop_held_connection` replaces a dead one.
     """
     handle = _handle(app)
+    if handle.url.startswith("sqlite"):
+        return None
     conn: PoolProxiedConnection | None = getattr(handle.local, "conn", None)
     if conn is not None:
         return conn
