@@ -60,11 +60,11 @@ OPEN_INDEX = "ix_celery_reliable_pending_message_open"
 SECTIONS = ("redis", "amqp", "single", "outbox", "claim", "batch", "profile")
 
 #: Targets of the brief.
-TARGET_RELAY_RATE = 20_000.0
-TARGET_RELAY_REDIS_RATIO = 9.0
+TARGET_RELAY_REDIS_RATIO = 25.0
 TARGET_RELAY_AMQP_RATIO = 8.0
 TARGET_PUBLISH_OVERHEAD = 0.10
-TARGET_OUTBOX_P50_MS = 5.0
+TARGET_OUTBOX_P50_MS = 2.0
+TARGET_OUTBOX_P99_MS = 5.0
 
 
 def payload(i: int) -> tuple[list[Any], dict[str, Any]]:
@@ -761,11 +761,11 @@ def report(bench: Bench, command: str) -> str:
     if "relay_redis" in res:
         relay, plain = (median_run(runs) for runs in res["relay_redis"])
         ratio = relay.rate / plain.rate
-        ok = relay.rate >= TARGET_RELAY_RATE and ratio >= TARGET_RELAY_REDIS_RATIO
+        ok = ratio >= TARGET_RELAY_REDIS_RATIO
         summary.append(
             f"| (1) relay drain PostgreSQL → Redis, N = {relay.count:,} | {relay.rate:,.0f} msg/s "
             f"| `apply_async` loop: {plain.rate:,.0f} msg/s | **{ratio:.1f}x** "
-            f"| ≥ {TARGET_RELAY_RATE:,.0f} msg/s and ≥ {TARGET_RELAY_REDIS_RATIO:.0f}x | {verdict(ok)} |"
+            f"| ≥ {TARGET_RELAY_REDIS_RATIO:.0f}x | {verdict(ok)} |"
         )
         details += drain_table("Relay drain, PostgreSQL → Redis", res["relay_redis"], "redis-server")
     if "relay_amqp" in res:
@@ -813,7 +813,7 @@ def report(bench: Bench, command: str) -> str:
         summary.append(
             f"| (4) outbox: `commit()` → message in Redis, N = {args.n_outbox} | p50 {p50:.2f} ms, p99 {p99:.2f} ms "
             f"| commit, then `apply_async`: p50 {base50:.2f} ms, p99 {base99:.2f} ms | {p50 / base50:.1f}x "
-            f"| p50 ≤ {TARGET_OUTBOX_P50_MS:.0f} ms | {verdict(p50 <= TARGET_OUTBOX_P50_MS)} |"
+            f"| p50 ≤ {TARGET_OUTBOX_P50_MS:g} ms | {verdict(p50 <= TARGET_OUTBOX_P50_MS)} |"
         )
         details += [
             "",
