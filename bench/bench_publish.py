@@ -554,7 +554,8 @@ class Bench:
                             continuing.append(later)
                     entry = {
                         "scenario": scenario, "sent": sent, "due": due, "size": size_text, "fill_s": seconds,
-                        "claim_ms": statistics.median(claims), "continuing_ms": statistics.median(continuing),
+                        "rows": expected, "claim_ms": statistics.median(claims),
+                        "continuing_ms": statistics.median(continuing),
                     }  # fmt: skip
                     table.append(entry)
                     log(

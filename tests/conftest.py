@@ -145,6 +145,22 @@ def any_db_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"{request.param}_db"))
 
 
+def key_prefix(redis_url: str, label: str) -> Iterator[str]:
+    """A kombu ``global_keyprefix`` of one test (``label`` and a random part); its keys are deleted
+    afterwards. For fixtures: ``yield from key_prefix(redis_url, "rt-wire")``."""
+    import redis
+
+    value = f"{label}-{uuid.uuid4().hex[:8]}:"
+    yield value
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(f"{value}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def unique_queue(request: pytest.FixtureRequest) -> str:
     return f"rt-{request.node.name[:30]}-{uuid.uuid4().hex[:8]}".replace("[", "-").replace("]", "")
 

@@ -14,15 +14,14 @@ import os
 import re
 import shlex
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import create_engine, make_url, text
 
+from tests.conftest import key_prefix
 from tests.harness import PYTHON, ROOT, Worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.postgres]
@@ -113,15 +112,7 @@ def own_settings(database_url: str, broker_url: str, prefix: str) -> str:
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
     """A kombu global_keyprefix of this test; its keys are deleted afterwards."""
-    value = f"rt-docs-{uuid.uuid4().hex[:8]}:"
-    yield value
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(f"{value}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    yield from key_prefix(redis_url, "rt-docs")
 
 
 def test_the_page_goes_from_an_empty_project_to_a_replayed_failure(

@@ -17,7 +17,7 @@ from kombu import Exchange, Queue
 from celery_reliable import publish
 from celery_reliable.send.publisher import get_publisher, reset_publisher
 from celery_reliable.store.engine import dispose
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, key_prefix
 from tests.harness import RedisServer, wait_for
 from tests.integration.test_publish import migrated, pending_rows
 
@@ -26,16 +26,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    """A kombu global_keyprefix of this test; its keys are deleted afterwards (db 11)."""
-    value = f"rt-wire-{uuid.uuid4().hex[:8]}:"
-    yield value
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(f"{value}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    """A kombu global_keyprefix of this test; its keys are deleted afterwards."""
+    yield from key_prefix(REDIS_URL, "rt-wire")
 
 
 def make(prefix: str, db_url: str, **conf: Any) -> Celery:
