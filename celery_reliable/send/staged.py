@@ -7,7 +7,7 @@ import logging
 from celery import Celery
 
 from ..config import get_settings
-from ..store.claims import claim
+from ..store.claims import claim_rows
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +24,16 @@ def publish_staged(app: Celery, ids: list[int]) -> int:
 
     Never raises: what is not sent here stays pending and the relay sends it.
     """
+    from .publisher import get_publisher
     from .relay import send_rows
 
     try:
         settings = get_settings(app)
-        token, rows = claim(app, limit=len(ids), lease=post_commit_lease(settings.publish_timeout), ids=ids)
+        lease = post_commit_lease(settings.publish_timeout)
+        # the relay's own claim: one statement on PostgreSQL (no session, no pre-ping, no BEGIN and
+        # COMMIT around it), and light rows when the messages go out as they were built
+        light = get_publisher(app).direct_redis()
+        token, rows = claim_rows(app, limit=len(ids), lease=lease, ids=ids, light=light)
         if not rows:
             return 0
         return send_rows(app, token, rows).sent
