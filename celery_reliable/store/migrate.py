@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from celery import Celery
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..exceptions import StoreError
@@ -24,6 +24,9 @@ from .errors import diagnose
 
 #: Alembic's version table for our migrations, apart from the application's own.
 VERSION_TABLE = "celery_reliable_alembic_version"
+#: The newest revision in ``migrations/versions`` (a test keeps it equal to :func:`head_revision`),
+#: for the worker's start-up check, which should not build Alembic's script directory for it.
+HEAD_REVISION = "0005"
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -126,3 +129,24 @@ def current_revision(target: Celery | str | Engine) -> str | None:
     finally:
         if owned:
             engine.dispose()
+
+
+def stored_revision(target: Celery | str | Engine) -> str | None:
+    """:func:`current_revision` read straight from the version table, without Alembic.
+
+    The worker's start-up check: Alembic's migration context (and the objects it builds) would
+    stay in the worker's main process for its whole life. Revisions in more than one row (a
+    branched history, which this package does not ship) come back joined with ", ".
+    """
+    engine, owned = _engine(target)
+    try:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table(VERSION_TABLE):
+                return None
+            rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the schema version: {diagnose(_url(engine), exc)}") from exc
+    finally:
+        if owned:
+            engine.dispose()
+    return ", ".join(sorted(rows)) if rows else None

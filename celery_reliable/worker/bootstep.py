@@ -25,6 +25,9 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
     ``celery worker`` reads ``--prefetch-multiplier``'s default from the configuration before
     the app (and so ReliableTask) is set up; this step runs after that, before the consumer
     is built.
+
+    It also loads the database driver and sets up the ORM mappings before the pool processes are
+    forked (see :func:`prepare_store`).
     """
 
     name = "celery_reliable.worker"
@@ -41,6 +44,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         if settings.apply_transport_defaults and worker.prefetch_multiplier == DEFAULT_PREFETCH:
             worker.prefetch_multiplier = 1
             self.changed_prefetch = True
+        prepare_store(worker.app)
         super().__init__(worker, **kwargs)
 
     def start(self, worker: Any) -> None:
@@ -51,3 +55,26 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             " (set by celery_reliable)" if self.changed_prefetch else "",
             options.get("visibility_timeout", "broker default"),
         )
+
+
+def prepare_store(app: Any) -> None:
+    """Load what the reliability tables need (the database driver and its SQLAlchemy dialect, the
+    ORM mappings) in the worker's main process, before its pool processes are forked.
+
+    The main process needs them anyway for the schema check at start-up, and pool processes for
+    failure rows and idempotency marks; loaded after the fork, every process held its own copy
+    (about 10 MiB for psycopg), loaded before, the pool processes share the main process's pages.
+    No connection is opened: each pool process still opens its own (``worker_process_init``).
+    A URL that cannot work is left to the start-up check, which logs why.
+    """
+    from sqlalchemy.orm import configure_mappers
+
+    from ..exceptions import StoreError
+    from ..store import models  # noqa: F401  (the mapped classes)
+    from ..store.engine import get_engine
+
+    try:
+        get_engine(app)
+    except StoreError:
+        return
+    configure_mappers()

@@ -189,11 +189,11 @@ def _check_schema(sender: Any = None, **_: Any) -> None:
         return
     from ..exceptions import StoreError
     from ..store.engine import safe_url
-    from ..store.migrate import current_revision, head_revision
+    from ..store.migrate import HEAD_REVISION, stored_revision
 
     url = safe_url(get_settings(app).database_url)
     try:
-        revision = current_revision(app)
+        revision = stored_revision(app)
     except StoreError as exc:
         logger.error(
             "celery_reliable: database %s is not reachable (%s); final failures will stay with the broker until it is",
@@ -201,13 +201,13 @@ def _check_schema(sender: Any = None, **_: Any) -> None:
             exc,
         )
         return
-    if revision != head_revision():
+    if revision != HEAD_REVISION:
         logger.error(
             "celery_reliable: tables in %s are at revision %s, expected %s; final failures will stay with "
             "the broker until you run: celery -A %s reliable db upgrade",
             url,
             revision or "none",
-            head_revision(),
+            HEAD_REVISION,
             app.main or "proj",
         )
 

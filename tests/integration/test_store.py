@@ -26,7 +26,14 @@ from celery_reliable.store.failures import (
     purge_failures,
     record_failure,
 )
-from celery_reliable.store.migrate import VERSION_TABLE, current_revision, downgrade, head_revision
+from celery_reliable.store.migrate import (
+    HEAD_REVISION,
+    VERSION_TABLE,
+    current_revision,
+    downgrade,
+    head_revision,
+    stored_revision,
+)
 from celery_reliable.store.models import Base
 from celery_reliable.store.processed import (
     is_processed,
@@ -83,6 +90,21 @@ def test_migrations_give_exactly_the_models(any_db_url: str) -> None:
         )
         upgrade(engine)  # and back up again
         assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_the_worker_check_reads_the_revision_alembic_reads(any_db_url: str) -> None:
+    # The worker's start-up check reads the version table without Alembic: the same answers
+    engine = create_engine(any_db_url)
+    try:
+        assert HEAD_REVISION == head_revision()
+        downgrade(engine, "base")
+        assert stored_revision(engine) == current_revision(engine)
+        upgrade(engine, "0001")
+        assert stored_revision(engine) == current_revision(engine) == "0001"
+        upgrade(engine)
+        assert stored_revision(engine) == current_revision(engine) == HEAD_REVISION
     finally:
         engine.dispose()
 
