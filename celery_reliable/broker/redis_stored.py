@@ -27,6 +27,7 @@ _HEAD = '{"body": "'
 _MIDDLE = '", "content-encoding": "utf-8", "content-type": "application/json", "headers": '
 _LAST = ', "properties": '
 _DECODER = json.JSONDecoder()
+_SCAN: Any = _DECODER.scan_once  # type: ignore[attr-defined]  # (set by JSONDecoder.__init__)
 _LOOKUP: Any = object()
 
 
@@ -42,12 +43,12 @@ def _layout(text: str) -> tuple[str, Any, Any] | None:
     end = text.find('"', len(_HEAD))
     if end < 0 or not text.startswith(_MIDDLE, end):
         return None
-    try:
-        headers, at = _DECODER.raw_decode(text, end + len(_MIDDLE))
+    try:  # the scanner json's raw_decode calls, without its wrapper (StopIteration: not JSON there)
+        headers, at = _SCAN(text, end + len(_MIDDLE))
         if not text.startswith(_LAST, at):
             return None
-        properties, at = _DECODER.raw_decode(text, at + len(_LAST))
-    except (ValueError, RecursionError):
+        properties, at = _SCAN(text, at + len(_LAST))
+    except (StopIteration, ValueError, RecursionError):
         return None
     if at != len(text) - 1 or text[at] != "}":
         return None
@@ -66,12 +67,31 @@ def _whole(text: str) -> dict[str, Any]:
     return envelope
 
 
-def verified_entry(app: Celery, facts: Facts, row: Any, queue: str, priority: Any = None, task: Any = _LOOKUP) -> Entry:
+def _loads(text: str) -> Any:
+    """``json.loads(text)``: one scan when the text is a single JSON value from its first to its
+    last character (what kombu writes), else ``json.loads`` itself (same values, same errors)."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
+def verified_entry(
+    app: Celery,
+    facts: Facts,
+    row: Any,
+    queue: str,
+    priority: Any = None,
+    task: Any = _LOOKUP,
+    keys: dict[tuple[str, int], str] | None = None,
+) -> Entry:
     """The Redis entry to send for ``row``'s stored message, once it agrees with the row.
 
     ``queue``: the row's queue (from its options, or its route); ``priority``: the row's priority
     option, if it has one (the message's must then be the same); ``task``: what
-    :func:`~celery_reliable.message.tasks.checked_task` gives for the row's task (looked up if not given).
+    :func:`~celery_reliable.message.tasks.checked_task` gives for the row's task (looked up if not given);
+    ``keys``: the list keys already derived, by (queue, priority), kept across the rows of a batch.
 
     Raises:
         Refused: the message is malformed or disagrees with the row; the text says how.
@@ -114,14 +134,18 @@ def verified_entry(app: Celery, facts: Facts, row: Any, queue: str, priority: An
     found = properties.get("priority")
     if type(found) is not int or not 0 <= found <= 255 or (priority is not None and found != priority):
         raise Refused(f"the stored message's priority {short(found, 20)} is not the row's ({priority!r})")
-    key = facts.key(queue, found)
+    key = keys.get((queue, found)) if keys is not None else None
+    if key is None:
+        key = facts.key(queue, found)
+        if keys is not None:
+            keys[(queue, found)] = key
     if stored_key != key:
         raise Refused(
             f"the stored message's list key {short(stored_key, 80)} is not {key!r}, the list of the row's "
             f"queue {queue!r} at priority {found}"
         )
     try:
-        args, kwargs, embed = json.loads(binascii.a2b_base64(body, strict_mode=True).decode("utf-8"))
+        args, kwargs, embed = _loads(binascii.a2b_base64(body, strict_mode=True).decode("utf-8"))
     except (ValueError, TypeError, RecursionError, binascii.Error) as exc:
         raise Refused(f"the stored message's body is not base64 JSON [args, kwargs, embed] ({exc})") from None
     if type(args) is not list or type(kwargs) is not dict:

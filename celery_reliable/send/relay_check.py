@@ -39,6 +39,10 @@ class RowChecks:
         self.known: dict[str, bool] = {}  # task name -> whether the app may send it
         self.tasks: dict[str, Any] = {}  # task name -> the task its arguments are checked against (or None)
         self.routed: dict[str, str | None] = {}  # task name -> the queue it is routed to by name
+        #: (task name, options text) -> the options once checked, or why they are refused: the rows
+        #: of a batch mostly carry the same few options texts
+        self.options_read: dict[tuple[str, str], dict[str, Any] | str] = {}
+        self.keys: dict[tuple[str, int], str] = {}  # (queue, priority) -> its Redis list key
 
     def columns(self, row: Any) -> None:
         """Refuse a row whose plain columns are not what a write stores (SQLite lets any cell hold anything)."""
@@ -53,17 +57,23 @@ class RowChecks:
             allowed = self.known[name] = is_known_task(self.app, name)
         if not allowed:
             raise Refused(f"task {name!r} is not registered in app {self.app.main!r}")
-        for column, value in (("eta", row.eta), ("expires_at", row.expires_at)):
-            if value is not None and type(value) is not datetime:
-                if isinstance(value, UnreadableTime):
-                    raise Refused(f"{column} is not a readable time: {value.raw!r} ({value.error})")
-                if not isinstance(value, datetime):
-                    raise Refused(f"{column} is not a time: {short(value, 80)}")
+        eta, expires_at = row.eta, row.expires_at
+        if eta is not None and type(eta) is not datetime:
+            self._time("eta", eta)
+        if expires_at is not None and type(expires_at) is not datetime:
+            self._time("expires_at", expires_at)
         for column, value in (("args", row.args), ("kwargs", row.kwargs), ("options", row.options)):
             if type(value) is dict:
                 reason = unreadable(value)
                 if reason:
                     raise Refused(f"{column}: {reason}")
+
+    @staticmethod
+    def _time(column: str, value: Any) -> None:
+        if isinstance(value, UnreadableTime):
+            raise Refused(f"{column} is not a readable time: {value.raw!r} ({value.error})")
+        if not isinstance(value, datetime):
+            raise Refused(f"{column} is not a time: {short(value, 80)}")
 
     def task(self, name: str) -> Any:
         found = self.tasks.get(name, _UNSET)
@@ -77,17 +87,29 @@ class RowChecks:
         Checked for a row with a message built ahead too (its options say where the message goes,
         and they are what a resend builds the message from).
         """
-        options: Any
         text = getattr(row, "options_text", None)  # a light claim's (see store.pending)
-        if text is not None:
+        if text is None:
+            return self._checked_options(row.task_name, row.options if row.options is not None else {})
+        read = self.options_read.get((row.task_name, text))
+        if read is None:
             try:
-                options = json.loads(text)
-            except ValueError as exc:  # PostgreSQL wrote it: cannot happen, but it is input
-                raise Refused(f"options are not JSON: {exc}") from None
-        else:
-            options = row.options if row.options is not None else {}
+                try:
+                    parsed = json.loads(text)
+                except ValueError as exc:  # PostgreSQL wrote it: cannot happen, but it is input
+                    raise Refused(f"options are not JSON: {exc}") from None
+                read = self._checked_options(row.task_name, parsed)
+            except Refused as exc:
+                read = str(exc)
+            self.options_read[(row.task_name, text)] = read
+        if type(read) is str:
+            raise Refused(read)
+        # the same mapping for every row with this text: only read, never changed (stored_entry, decoded)
+        return read  # type: ignore[return-value]
+
+    @staticmethod
+    def _checked_options(name: str, options: Any) -> dict[str, Any]:
         try:
-            check_delivery_options(row.task_name, options)  # types; no header may be Celery's own
+            check_delivery_options(name, options)  # types; no header may be Celery's own
         except BadMessageError as exc:
             raise Refused(str(exc)) from None
         checked: dict[str, Any] = options  # a mapping: check_delivery_options refused anything else
@@ -99,7 +121,8 @@ class RowChecks:
         queue = options.get("queue")
         if queue is None:
             queue = self.route(row.task_name)
-        return verified_entry(self.app, self.facts, row, queue, options.get("priority"), self.task(row.task_name))
+        name = row.task_name
+        return verified_entry(self.app, self.facts, row, queue, options.get("priority"), self.task(name), self.keys)
 
     def route(self, name: str) -> str:
         """The queue of a row written before its queue was kept in its options: the task's route.
