@@ -55,7 +55,13 @@ TEMPLATES = [
 def _database(url: str) -> dict[str, object]:
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": url.removeprefix("sqlite:///")}
+        # IMMEDIATE: a transaction takes the write lock when it begins, so one that reads and then
+        # writes waits for the other processes' writes instead of failing with "database is locked"
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": url.removeprefix("sqlite:///"),
+            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
+        }
     engine = {"postgresql": "postgresql", "mysql": "mysql"}[parts.scheme.split("+")[0]]
     if engine == "mysql":  # Django's MySQL driver is mysqlclient; PyMySQL stands in for it here
         import pymysql
