@@ -57,8 +57,7 @@ class Outbox:
         Raises:
             BadMessageError: bad input (see :func:`celery_reliable.message.prepare.prepare`); nothing staged.
         """
-        held = self._held()
-        ctx = held.contexts[self.app] if held is not None and self.app in held.contexts else context(self.app)
+        ctx = self._context()
         task_id, row = outbox_row(self.app, task, args, kwargs, options, ctx, due(self.app))
         self._stage([row]).contexts.setdefault(self.app, ctx)
         return task_id
@@ -72,10 +71,18 @@ class Outbox:
         Raises:
             BadMessageError: bad input in any message; nothing staged.
         """
-        built = outbox_rows(self.app, messages)
+        ctx = self._context()
+        built = outbox_rows(self.app, messages, ctx)
         if built:
-            self._stage([row for _, row in built])
+            self._stage([row for _, row in built]).contexts.setdefault(self.app, ctx)
         return [task_id for task_id, _ in built]
+
+    def _context(self) -> Any:
+        """What building a message reads from the app: read once per transaction, kept with its staging."""
+        held = self._held()
+        if held is not None and self.app in held.contexts:
+            return held.contexts[self.app]
+        return context(self.app)
 
     def _session(self) -> Session | None:
         target: Any = self.target

@@ -71,11 +71,12 @@ def unpack(message: Message) -> tuple[Any, Any, Any, dict[str, Any]]:
     )
 
 
-def outbox_rows(app: Celery, messages: Iterable[Message]) -> list[tuple[str, dict[str, Any]]]:
-    """The task ids and pending rows of ``messages``, every one checked before any is returned.
+def outbox_rows(app: Celery, messages: Iterable[Message], ctx: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The task ids and pending rows of ``messages``, every one checked before any is returned
+    (``ctx``: :func:`context`).
 
     Raises:
         BadMessageError: bad input in any message; nothing is returned.
     """
-    ctx, when = context(app), due(app)
+    when = due(app)
     return [outbox_row(app, *unpack(message), ctx, when) for message in messages]

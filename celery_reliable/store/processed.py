@@ -37,6 +37,11 @@ class _Duplicate(Exception):
     """The id was already recorded (primary key conflict)."""
 
 
+def _in_paramstyle(dialect: Any, sql: str) -> str:
+    """``sql`` written with ``%s`` markers, in the driver's own paramstyle (sqlite3: ``?``)."""
+    return sql.replace("%s", "?") if dialect.paramstyle == "qmark" else sql
+
+
 def _raw(app: Celery, sql: str, params: Any, fetch: bool, many: bool = False) -> bool:
     """One autocommit statement on a pooled DBAPI connection; True if ``fetch`` found a row.
 
@@ -46,8 +51,7 @@ def _raw(app: Celery, sql: str, params: Any, fetch: bool, many: bool = False) ->
     engine = get_autocommit_engine(app)
     dialect = engine.dialect
     dbapi: Any = dialect.loaded_dbapi
-    marker = "?" if dialect.paramstyle == "qmark" else "%s"
-    statement = sql.replace("%s", marker)
+    statement = _in_paramstyle(dialect, sql)
     for attempt in (1, 2):
         conn = engine.raw_connection()
         try:
@@ -93,8 +97,7 @@ def is_processed(app: Celery, task_id: str) -> bool:
             if found is None:
                 cursor = conn.cursor()
                 try:
-                    marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-                    cursor.execute(_LOOKUP.replace("%s", marker), (task_id,))
+                    cursor.execute(_in_paramstyle(engine.dialect, _LOOKUP), (task_id,))
                     found = cursor.fetchone() is not None
                 finally:
                     cursor.close()

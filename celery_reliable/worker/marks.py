@@ -33,6 +33,7 @@ MAX_WAITING = 20_000
 #: Longest pause of the writer after failed writes, seconds.
 BACKOFF_MAX = 5.0
 
+#: A waiting record: (task name, completion time), by task id.
 _Mark = tuple[str, datetime]
 
 
@@ -45,8 +46,8 @@ class _Writer:
         self.pid = os.getpid()
         self.lock = threading.Lock()  # guards the two dicts
         self.writing_lock = threading.Lock()  # one write at a time
-        self.waiting: dict[str, tuple[str, datetime]] = {}
-        self.writing: dict[str, tuple[str, datetime]] = {}
+        self.waiting: dict[str, _Mark] = {}
+        self.writing: dict[str, _Mark] = {}
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
 
