@@ -113,7 +113,7 @@ def _close_own_connection(port: int) -> None:
 def test_a_connection_closed_in_the_middle_of_a_windowed_batch_marks_only_confirmed_rows_sent(
     amqp_url: str, postgres_db: str, queue: str, exchange: str, apps: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert shutil.which("rabbitmqctl"), "rabbitmqctl closes the relay's connection: install RabbitMQ (scripts/test does)"
+    assert shutil.which("rabbitmqctl"), "rabbitmqctl closes the relay's connection: install RabbitMQ"
     # Given 3,000 due rows and a relay whose connection RabbitMQ closes before its second window
     db = migrated(postgres_db)
     ids = _insert_rows(db, ROWS)
