@@ -518,6 +518,11 @@ class Bench:
     def claim_section(self) -> None:
         from celery_reliable.store import claims as pending
 
+        try:  # the relay's claim: rows locked in a transaction (PostgreSQL), or leased
+            from celery_reliable.store.batches import claim_batch
+        except ImportError:
+            claim_batch = None  # type: ignore[assignment]
+
         args = self.args
         app = make_app("claim", self.redis.url, self.queue, db_url=self.store.url)
         template = pending_rows(app, 0, 1)[0]
@@ -528,9 +533,14 @@ class Bench:
 
         def timed_claim(limit: int, after_id: int | None, expected: int) -> float:
             start = time.perf_counter()
-            token, claimed = pending.claim_rows(app, limit=limit, lease=60, after_id=after_id, light=True)
-            took = time.perf_counter() - start
-            pending.release(app, token, [r.id for r in claimed])
+            if claim_batch is None:  # a release without locked batches: the leased claim
+                token, claimed = pending.claim_rows(app, limit=limit, lease=60, after_id=after_id, light=True)
+                took = time.perf_counter() - start
+                pending.release(app, token, [r.id for r in claimed])
+            else:
+                held, claimed = claim_batch(app, limit=limit, lease=60, after_id=after_id, light=True)
+                took = time.perf_counter() - start
+                held.abandon([r.id for r in claimed])
             if len(claimed) != expected:
                 raise RuntimeError(f"claim of {limit} took {len(claimed)} rows, expected {expected}")
             return took * 1000
@@ -616,7 +626,7 @@ class Bench:
         import cProfile
 
         from celery_reliable.send.relay import send_rows
-        from celery_reliable.store.claims import claim_rows
+        from celery_reliable.store.batches import claim_batch
 
         args = self.args
         n = args.n
@@ -629,12 +639,13 @@ class Bench:
             after: int | None = None
             for _ in range(n // args.batch + 2):
                 start = time.perf_counter()
-                token, got = claim_rows(app, limit=args.batch, lease=60, after_id=after, light=True)
+                held, got = claim_batch(app, limit=args.batch, lease=60, after_id=after, light=True)
                 claimed = time.perf_counter()
                 if not got:
+                    held.finish()
                     break
                 after = got[-1].id
-                send_rows(app, token, got)
+                send_rows(app, held, got)
                 steps["claim"] += claimed - start
                 steps["send"] += time.perf_counter() - claimed
 
@@ -665,11 +676,12 @@ class Bench:
 
 #: The relay's steps in a profile: (label, file, function).
 STEPS = (
-    ("claim: `claim_rows` (one UPDATE ... RETURNING per batch)", "store/claims.py", "claim_rows"),
+    ("claim: `lock_rows` (one SELECT ... FOR UPDATE SKIP LOCKED per batch)", "store/batches.py", "lock_rows"),
     ("send: `send_rows` (all below)", "send/relay.py", "send_rows"),
     ("  check the rows and their stored entries: `RowChecks`", "send/relay_check.py", "stored_entry"),
     ("  write them: `redis_wire.write_each` (delivery tag, one pipeline of LPUSHes)", "redis_wire.py", "write_each"),
-    ("  mark the rows sent: `mark_sent` (one UPDATE per batch)", "store/claims.py", "mark_sent"),
+    ("  mark the rows sent: `LockedClaim.sent` (one UPDATE per batch)", "store/batches.py", "sent"),
+    ("  commit: `LockedClaim.finish`", "store/batches.py", "finish"),
     ("waiting for PostgreSQL (psycopg `wait`, in the claim and the mark)", "psycopg/connection.py", "wait"),
     ("waiting for Redis (socket reads of the pipeline's replies)", "redis/connection.py", "read_response"),
     ("decoding JSON (the `options` column, by psycopg)", "json/__init__.py", "loads"),
@@ -692,17 +704,25 @@ def breakdown(profiler: Any, n: int) -> list[tuple[str, float]]:
 
 
 def explain_claim(engine: Engine, limit: int, after_id: int | None = None) -> list[str]:
-    """EXPLAIN (ANALYZE, BUFFERS) of the relay's claim statement, rolled back."""
+    """EXPLAIN (ANALYZE, BUFFERS) of the relay's claim statement (the lock of a batch), rolled back."""
     from sqlalchemy.dialects import postgresql
 
     from celery_reliable.store import claims as pending
     from celery_reliable.store.models import utcnow
 
     now = utcnow()
-    if not hasattr(pending, "postgres_claim"):
+    try:
+        from celery_reliable.store.batches import lock_query
+    except ImportError:
+        lock_query = None  # type: ignore[assignment]
+    statement: Any
+    if lock_query is not None:
+        statement = lock_query(now, limit, after_id, light=True)
+    elif hasattr(pending, "postgres_claim"):
+        chosen = pending.claim_query(now, limit, None, after_id)
+        statement = pending.postgres_claim(chosen, pending.lease_values("explain", now, 60))
+    else:
         return ["(this version of celery_reliable has no single-statement claim)"]
-    chosen = pending.claim_query(now, limit, None, after_id)
-    statement = pending.postgres_claim(chosen, pending.lease_values("explain", now, 60))
     sql = str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
     with engine.connect() as conn:
         transaction = conn.begin()

@@ -1,13 +1,14 @@
 """The relay: sends pending messages (outbox rows and failed sends) in batches.
 
 Runs as the beat task ``celery_reliable.relay`` every ``reliable_relay_interval`` seconds (and
-by hand). Rows are leased to one pass under a fencing token, so several relays at once never
-send a row twice within a lease. A pass stops at the first broker failure (the rows it did not
+by hand). Rows are held by one pass (on PostgreSQL locked in its open transaction and written
+once, :mod:`..store.batches`; elsewhere leased under a fencing token), so several relays at
+once never send a row twice within a lease. A pass stops at the first broker failure (the rows it did not
 try go back untouched), so a broker outage costs one failed send per pass, not one per row.
 On Redis a batch is sent in one pipeline whose replies are read one by one (a row is sent
 exactly when Redis took its LPUSH); on RabbitMQ a batch is published on a confirm-mode channel
 and its confirms awaited together (a row is marked sent only once the broker acked it).
-Every row is checked before it is sent (:mod:`.pending_check`, :mod:`.stored_message`): a row
+Every row is checked before it is sent (:mod:`.relay_check`, :mod:`..broker.redis_stored`): a row
 that is not what ``publish()`` stores becomes ``invalid`` with the reason, and the rest go on.
 """
 
@@ -28,7 +29,8 @@ from ..broker.redis_wire import Entry
 from ..config import get_settings
 from ..message.prepare import is_ledgered
 from ..message.tasks import Refused
-from ..store.claims import PendingRow, claim_rows, mark_failed, mark_sent, mark_status, release
+from ..store.batches import Claim, LeasedClaim, claim_batch
+from ..store.claims import PendingRow
 from ..store.models import PendingStatus, utcnow
 from .batch import send_batch
 from .publisher import get_publisher, reset_publisher
@@ -62,19 +64,35 @@ class RelayStats:
         self.errors.extend(other.errors)
 
 
-def send_rows(app: Celery, token: str, rows: Sequence[PendingRow]) -> RelayStats:
-    """Send claimed rows; mark each sent, expired, invalid, or failed (backed off / dead)."""
-    stats, record = _send(app, token, rows)
+def send_rows(app: Celery, claim: Claim | str, rows: Sequence[PendingRow]) -> RelayStats:
+    """Send claimed rows; mark each sent, expired, invalid, or failed (backed off / dead).
+
+    ``claim``: what holds the rows (or the token they were leased to).
+    """
+    held = LeasedClaim(app, claim) if isinstance(claim, str) else claim
+    stats, record = _send(app, held, rows)
     record()
     return stats
 
 
-def _send(app: Celery, token: str, rows: Sequence[PendingRow]) -> tuple[RelayStats, Callable[[], None]]:
+def _send(app: Celery, claim: Claim, rows: Sequence[PendingRow]) -> tuple[RelayStats, Callable[[], None]]:
     """Send claimed rows; return the stats and what records the outcome in the table.
 
     ``broker_down`` is known when this returns; the sent/failed counts once ``record`` ran (the
-    relay runs it in its second thread while it sends the next batch).
+    relay runs it in its second thread while it sends the next batch). ``record`` ends the claim;
+    if this raises, the claim is abandoned (its rows due again).
     """
+    try:
+        return _send_held(app, claim, rows)
+    except BaseException:
+        try:
+            claim.abandon([row.id for row in rows])
+        except Exception as exc:  # the rows' lease (or the closed session) frees them instead
+            logger.warning("Relay: could not give back a batch that failed: %r", exc)
+        raise
+
+
+def _send_held(app: Celery, claim: Claim, rows: Sequence[PendingRow]) -> tuple[RelayStats, Callable[[], None]]:
     stats = RelayStats(claimed=len(rows))
     now = utcnow()
     publisher = get_publisher(app)
@@ -99,13 +117,13 @@ def _send(app: Celery, token: str, rows: Sequence[PendingRow]) -> tuple[RelaySta
             invalid.append((row.id, str(exc)))
         except Exception as exc:
             invalid.append((row.id, f"{type(exc).__name__}: {exc}"))
-    stats.expired = mark_status(app, token, expired, PendingStatus.EXPIRED, "expires passed before it was sent")
+    stats.expired = claim.status(expired, PendingStatus.EXPIRED, "expires passed before it was sent")
     if direct and ready:
-        ready = _build_entries(app, publisher, token, ready, built, invalid)
+        ready = _build_entries(publisher, ready, built, invalid)
     for row_id, error in invalid:
-        _mark_invalid(app, token, row_id, error, stats)
+        _mark_invalid(claim, row_id, error, stats)
     if not ready and not built:
-        return stats, _nothing
+        return stats, claim.finish
     outcome = _Outcome()
     sending = [row for row, _ in built] + [row for row, *_ in ready]
     # a message that carries the ledger header goes out under a delivery tag of its own: the relay can
@@ -126,33 +144,38 @@ def _send(app: Celery, token: str, rows: Sequence[PendingRow]) -> tuple[RelaySta
     outcome.untried += [sending[i].id for i in result.untried]
     outcome.broker_down = result.broker_down
     for i, error in result.invalid:
-        _mark_invalid(app, token, sending[i].id, error, stats)
+        _mark_invalid(claim, sending[i].id, error, stats)
     if result.reset:
         reset_publisher(app)
     stats.broker_down = outcome.broker_down
-    return stats, partial(_record, app, token, rows, outcome, stats)
+    return stats, partial(_record, app, claim, rows, outcome, stats)
 
 
-def _nothing() -> None:
-    return None
+def _record(app: Celery, claim: Claim, rows: Sequence[PendingRow], outcome: _Outcome, stats: RelayStats) -> None:
+    """Mark the rows of a sent batch: sent, given back, or failed (backed off / dead); end the claim."""
+    try:
+        _write_outcome(app, claim, rows, outcome, stats)
+    except BaseException:
+        claim.abandon([])
+        raise
+    claim.finish()
 
 
-def _record(app: Celery, token: str, rows: Sequence[PendingRow], outcome: _Outcome, stats: RelayStats) -> None:
-    """Mark the rows of a sent batch: sent, given back, or failed (backed off / dead)."""
+def _write_outcome(app: Celery, claim: Claim, rows: Sequence[PendingRow], outcome: _Outcome, stats: RelayStats) -> None:
     settings = get_settings(app)
     tracked = [row_id for row_id in outcome.sent if row_id in outcome.tracked]
     blind = [row_id for row_id in outcome.sent if row_id in outcome.blind]
     untracked = [row_id for row_id in outcome.sent if row_id not in outcome.tracked and row_id not in outcome.blind]
-    stats.sent = mark_sent(app, token, untracked)
-    stats.sent += mark_sent(app, token, tracked, settings.reconcile_after)
-    stats.sent += mark_sent(app, token, blind, settings.reconcile_rabbitmq_after)
+    stats.sent = claim.sent(untracked)
+    stats.sent += claim.sent(tracked, settings.reconcile_after)
+    stats.sent += claim.sent(blind, settings.reconcile_rabbitmq_after)
     if outcome.sent:
         sent = set(outcome.sent)
         events.send_resent(app, [row for row in rows if row.id in sent])
-    stats.released = release(app, token, outcome.untried)
+    stats.released = claim.release(outcome.untried)
     failures = outcome.failures
-    rescheduled, dead = mark_failed(
-        app, token, failures, max_attempts=settings.relay_max_attempts,
+    rescheduled, dead = claim.failed(
+        failures, max_attempts=settings.relay_max_attempts,
         base=settings.relay_backoff, cap=settings.relay_backoff_max,
     )  # fmt: skip
     stats.failed, stats.dead = rescheduled + dead, dead
@@ -177,16 +200,14 @@ class _Outcome:
     blind: set[int] = field(default_factory=set)
 
 
-def _mark_invalid(app: Celery, token: str, row_id: int, error: str, stats: RelayStats) -> None:
+def _mark_invalid(claim: Claim, row_id: int, error: str, stats: RelayStats) -> None:
     """A row that cannot be sent as it is: marked invalid, for a person to fix and resend."""
-    stats.invalid += mark_status(app, token, [row_id], PendingStatus.INVALID, error)
+    stats.invalid += claim.status([row_id], PendingStatus.INVALID, error)
     logger.error("Pending message %d cannot be sent: %s", row_id, error)
 
 
 def _build_entries(
-    app: Celery,
     publisher: Any,
-    token: str,
     ready: list[tuple[PendingRow, list[Any], dict[str, Any], dict[str, Any]]],
     built: list[tuple[PendingRow, Entry]],
     invalid: list[tuple[int, str]],
@@ -231,22 +252,22 @@ def relay_once(
     after: int | None = None
     light = get_publisher(app).direct_redis()  # messages built ahead are sent as they are
 
-    def claim(after_id: int | None) -> tuple[str, list[Any]]:
-        return claim_rows(app, limit=batch_size, lease=settings.relay_lease, after_id=after_id, light=light)
+    def claim(after_id: int | None) -> tuple[Claim, list[Any]]:
+        return claim_batch(app, limit=batch_size, lease=settings.relay_lease, after_id=after_id, light=light)
 
     # While a full batch is sent, the next one is claimed in a second thread: the database works
     # on the claim while this process builds and sends (the two overlap on separate CPUs).
     recorded: list[tuple[RelayStats, Future[None]]] = []
     with ThreadPoolExecutor(1, thread_name_prefix="celery_reliable-claim") as pool:
-        ahead: Future[tuple[str, list[Any]]] | None = None
+        ahead: Future[tuple[Claim, list[Any]]] | None = None
         for _ in range(2 * limit + 1):
             if total.batches >= limit or time.monotonic() >= deadline:
                 break
             if ahead is not None:
-                token, rows = ahead.result()
+                held, rows = ahead.result()
                 ahead = None
             else:
-                token, rows = claim(after)
+                held, rows = claim(after)
             if not rows:
                 if after is None:
                     break
@@ -256,7 +277,7 @@ def relay_once(
             after = max(row.id for row in rows) if len(rows) >= batch_size else None
             if after is not None and total.batches + 1 < limit:
                 ahead = pool.submit(claim, after)
-            stats, record = _send(app, token, rows)
+            stats, record = _send(app, held, rows)
             # recorded in the second thread (in order, before the claim after next)
             recorded.append((stats, pool.submit(record)))
             total.batches += 1
@@ -264,8 +285,8 @@ def relay_once(
                 break
         if ahead is not None:  # claimed but not sent: give the rows back for the next pass
             try:
-                token, rows = ahead.result()
-                total.released += release(app, token, [row.id for row in rows])
+                held, rows = ahead.result()
+                total.released += held.abandon([row.id for row in rows])
             except Exception as exc:  # their lease runs out instead
                 logger.warning("Relay: could not give back a batch claimed ahead: %r", exc)
         for stats, done in recorded:

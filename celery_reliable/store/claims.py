@@ -114,7 +114,7 @@ class PendingRow(Protocol):
     def message(self) -> str | None: ...
 
 
-def _due(now: datetime) -> Any:
+def due(now: datetime) -> Any:
     # The IN list matches the predicate of the partial index on open rows, so the planner uses it.
     return and_(
         _T.c.status.in_((PendingStatus.PENDING, PendingStatus.CLAIMED)),
@@ -134,7 +134,7 @@ def claim_query(
     if ids is None:
         if after_id is not None:
             chosen = chosen.where(_T.c.id > after_id)
-        return chosen.where(_due(now)).order_by(_T.c.id).limit(limit)
+        return chosen.where(due(now)).order_by(_T.c.id).limit(limit)
     return chosen.where(
         _T.c.id.in_(list(ids)),
         _T.c.status.in_((PendingStatus.PENDING, PendingStatus.CLAIMED)),
@@ -334,35 +334,40 @@ def mark_failed(
     """
     if not failures:
         return 0, 0
+    with session_scope(app) as session:
+        return fail_rows(session.connection(), failures, token, max_attempts=max_attempts, base=base, cap=cap)
+
+
+def fail_rows(
+    conn: Connection,
+    failures: Sequence[tuple[int, str]],
+    token: str | None,
+    *,
+    max_attempts: int,
+    base: float,
+    cap: float,
+) -> tuple[int, int]:
+    """:func:`mark_failed` on ``conn``; ``token`` None: rows this connection holds locked."""
     now = utcnow()
     errors = dict(failures)
     rescheduled = dead = 0
-    with session_scope(app) as session:
-        rows = session.execute(
-            select(PendingMessage.id, PendingMessage.attempts).where(
-                PendingMessage.id.in_(list(errors)), PendingMessage.claim_token == token
-            )
-        ).all()
-        for row_id, stored_attempts in rows:
-            # a count that is not a number (written by hand on SQLite) counts as none
-            attempts = (stored_attempts if type(stored_attempts) is int else 0) + 1
-            values: dict[str, Any] = {
-                "attempts": attempts,
-                "last_error": errors[row_id][:10000],
-                "claim_token": None,
-                "lease_expires_at": None,
-            }
-            if attempts >= max_attempts:
-                values["status"] = PendingStatus.DEAD
-                dead += 1
-            else:
-                values["status"] = PendingStatus.PENDING
-                values["next_attempt_at"] = now + timedelta(seconds=backoff_seconds(attempts, base, cap))
-                rescheduled += 1
-            session.execute(
-                update(PendingMessage)
-                .where(PendingMessage.id == row_id, PendingMessage.claim_token == token)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
+    held = [] if token is None else [_T.c.claim_token == token]
+    rows = conn.execute(select(_T.c.id, _T.c.attempts).where(_T.c.id.in_(list(errors)), *held)).all()
+    for row_id, stored_attempts in rows:
+        # a count that is not a number (written by hand on SQLite) counts as none
+        attempts = (stored_attempts if type(stored_attempts) is int else 0) + 1
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_error": errors[row_id][:10000],
+            "claim_token": None,
+            "lease_expires_at": None,
+        }
+        if attempts >= max_attempts:
+            values["status"] = PendingStatus.DEAD
+            dead += 1
+        else:
+            values["status"] = PendingStatus.PENDING
+            values["next_attempt_at"] = now + timedelta(seconds=backoff_seconds(attempts, base, cap))
+            rescheduled += 1
+        conn.execute(update(_T).where(_T.c.id == row_id, *held).values(**values))
     return rescheduled, dead
