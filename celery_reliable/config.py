@@ -166,6 +166,14 @@ class ReliableSettings:
             "prefetch multiplier 1, a socket connect timeout) unless you set them yourself."
         ),
     )
+    worker_gc_freeze: bool = field(
+        default=True,
+        metadata=doc(
+            "Prefork workers: move the objects the main process loaded to Python's permanent "
+            "generation (gc.freeze) before the pool forks, so the pool processes' garbage "
+            "collections do not copy the pages they share with it."
+        ),
+    )
     cleanup_interval: float | None = field(
         default=3600.0,
         metadata=doc(

@@ -36,6 +36,8 @@ app.conf.update(
     worker_send_task_events=True,
 )
 app.conf.task_default_retry_delay = 0.2
+if os.environ.get("RELIABLE_TEST_GC_FREEZE"):
+    app.conf.reliable_worker_gc_freeze = os.environ["RELIABLE_TEST_GC_FREEZE"] == "1"
 if os.environ.get("RELIABLE_TEST_FLUSH_INTERVAL"):
     _interval = os.environ["RELIABLE_TEST_FLUSH_INTERVAL"]
     app.conf.reliable_idempotency_flush_interval = None if _interval == "none" else float(_interval)
@@ -66,6 +68,14 @@ def _effect(key: str, task_id: str | None) -> None:
 def ok(self, key):
     _effect(key, self.request.id)
     return key
+
+
+@app.task(bind=True, name="t.gc_frozen")
+def gc_frozen(self, key):
+    """The effect's key names how many objects this pool process has in the permanent generation."""
+    import gc
+
+    _effect(f"{key}={gc.get_freeze_count()}", self.request.id)
 
 
 @app.task(bind=True, name="t.flaky")
