@@ -260,35 +260,37 @@ def relay_once(
     recorded: list[tuple[RelayStats, Future[None]]] = []
     with ThreadPoolExecutor(1, thread_name_prefix="celery_reliable-claim") as pool:
         ahead: Future[tuple[Claim, list[Any]]] | None = None
-        for _ in range(2 * limit + 1):
-            if total.batches >= limit or time.monotonic() >= deadline:
-                break
-            if ahead is not None:
-                held, rows = ahead.result()
-                ahead = None
-            else:
-                held, rows = claim(after)
-            if not rows:
-                if after is None:
+        try:
+            for _ in range(2 * limit + 1):
+                if total.batches >= limit or time.monotonic() >= deadline:
                     break
-                after = None
-                continue
-            # a short batch took all there was above the mark: the next claim looks at everything
-            after = max(row.id for row in rows) if len(rows) >= batch_size else None
-            if after is not None and total.batches + 1 < limit:
-                ahead = pool.submit(claim, after)
-            stats, record = _send(app, held, rows)
-            # recorded in the second thread (in order, before the claim after next)
-            recorded.append((stats, pool.submit(record)))
-            total.batches += 1
-            if stats.broker_down:
-                break
-        if ahead is not None:  # claimed but not sent: give the rows back for the next pass
-            try:
-                held, rows = ahead.result()
-                total.released += held.abandon([row.id for row in rows])
-            except Exception as exc:  # their lease runs out instead
-                logger.warning("Relay: could not give back a batch claimed ahead: %r", exc)
+                if ahead is not None:
+                    held, rows = ahead.result()
+                    ahead = None
+                else:
+                    held, rows = claim(after)
+                if not rows:
+                    if after is None:
+                        break
+                    after = None
+                    continue
+                # a short batch took all there was above the mark: the next claim looks at everything
+                after = max(row.id for row in rows) if len(rows) >= batch_size else None
+                if after is not None and total.batches + 1 < limit:
+                    ahead = pool.submit(claim, after)
+                stats, record = _send(app, held, rows)
+                # recorded in the second thread (in order, before the claim after next)
+                recorded.append((stats, pool.submit(record)))
+                total.batches += 1
+                if stats.broker_down:
+                    break
+        finally:
+            if ahead is not None:  # claimed but not sent: give the rows back for the next pass
+                try:
+                    held, rows = ahead.result()
+                    total.released += held.abandon([row.id for row in rows])
+                except Exception as exc:  # their lease runs out instead
+                    logger.warning("Relay: could not give back a batch claimed ahead: %r", exc)
         for stats, done in recorded:
             done.result()  # a database error marking rows raises here, as it did inline
             total.add(stats)
