@@ -17,7 +17,19 @@ from typing import Any
 from celery import Celery
 
 from .exceptions import ImproperlyConfigured
-from .settings_rules import DAY, POLICY_BOUNDS, Bounds, accepted, bad, coerce, configured_keys, count, doc, seconds
+from .settings_rules import (
+    DAY,
+    Bounds,
+    accepted,
+    bad,
+    check_retry_policies,
+    coerce,
+    configured_keys,
+    count,
+    doc,
+    markdown_table,
+    seconds,
+)
 from .settings_rules import PREFIX as PREFIX
 
 #: Task names or fnmatch patterns (``billing.*``).
@@ -169,9 +181,8 @@ class ReliableSettings:
     worker_gc_freeze: bool = field(
         default=True,
         metadata=doc(
-            "Prefork workers: move the objects the main process loaded to Python's permanent "
-            "generation (gc.freeze) before the pool forks, so the pool processes' garbage "
-            "collections do not copy the pages they share with it."
+            "Prefork workers: gc.freeze() what the main process loaded before the pool forks, so the "
+            "pool processes' garbage collections do not copy the pages they share with it."
         ),
     )
     cleanup_interval: float | None = field(
@@ -326,20 +337,7 @@ class ReliableSettings:
                 continue
             if not bounds.accepts(value):
                 raise bad(f.name, value, accepted(f))
-        for exc_name, policy in self.retry_policies.items():
-            if not isinstance(policy, Mapping):
-                raise bad("retry_policies", {exc_name: policy}, "a mapping of keyword to number")
-            unknown = set(policy) - set(POLICY_BOUNDS)
-            if unknown:
-                raise bad(
-                    "retry_policies",
-                    {exc_name: dict(policy)},
-                    f"the keys {sorted(POLICY_BOUNDS)} (unknown: {sorted(unknown)})",
-                )
-            for key, value in policy.items():
-                bounds = POLICY_BOUNDS[key]
-                if isinstance(value, bool) or not isinstance(value, int | float) or not bounds.accepts(value):
-                    raise bad("retry_policies", {exc_name: dict(policy)}, f"{key!r} as {bounds.words(False)}")
+        check_retry_policies(self.retry_policies)
 
 
 #: Setting name -> dataclass field, for validation and docs.
@@ -398,11 +396,4 @@ def reset_settings(app: Celery) -> None:
 
 def settings_table() -> str:
     """The Markdown reference table of every setting (kept in docs/configuration.md)."""
-    lines = ["| Setting | Type | Default | Meaning |", "|---|---|---|---|"]
-    defaults = ReliableSettings()
-    for name, f in FIELDS.items():
-        default = getattr(defaults, name)
-        if isinstance(default, tuple):
-            default = list(default)
-        lines.append(f"| `{PREFIX}{name}` | {accepted(f)} | `{default!r}` | {f.metadata['doc']} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(ReliableSettings)

@@ -158,3 +158,33 @@ def configured_keys(app: Any) -> dict[str, str]:
         if match:
             found[match.group(1).lower()] = key
     return found
+
+
+def markdown_table(settings_cls: Any) -> str:
+    """The Markdown reference table of every field of ``settings_cls`` (docs/configuration.md)."""
+    lines = ["| Setting | Type | Default | Meaning |", "|---|---|---|---|"]
+    defaults = settings_cls()
+    for f in dataclasses.fields(settings_cls):
+        default = getattr(defaults, f.name)
+        if isinstance(default, tuple):
+            default = list(default)
+        lines.append(f"| `{PREFIX}{f.name}` | {accepted(f)} | `{default!r}` | {f.metadata['doc']} |")
+    return "\n".join(lines) + "\n"
+
+
+def check_retry_policies(policies: Mapping[str, Any]) -> None:
+    """Refuse a ``reliable_retry_policies`` entry that is not a mapping of known keys to numbers in range."""
+    for exc_name, policy in policies.items():
+        if not isinstance(policy, Mapping):
+            raise bad("retry_policies", {exc_name: policy}, "a mapping of keyword to number")
+        unknown = set(policy) - set(POLICY_BOUNDS)
+        if unknown:
+            raise bad(
+                "retry_policies",
+                {exc_name: dict(policy)},
+                f"the keys {sorted(POLICY_BOUNDS)} (unknown: {sorted(unknown)})",
+            )
+        for key, value in policy.items():
+            bounds = POLICY_BOUNDS[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not bounds.accepts(value):
+                raise bad("retry_policies", {exc_name: dict(policy)}, f"{key!r} as {bounds.words(False)}")
