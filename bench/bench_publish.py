@@ -145,13 +145,15 @@ def fill(engine: Engine, rows: list[dict[str, Any]], *, truncate: bool = True) -
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(text(f"ANALYZE {PENDING}"))
 
 
-def fill_generated(engine: Engine, template: dict[str, Any], sent: int, due: int) -> float:
+def fill_generated(engine: Engine, template: dict[str, Any], sent: int, due: int, *, sent_per_ms: int = 0) -> float:
     """Fill the table in the database itself: ``sent`` rows (sent, kept for the retention), then
     ``due`` rows (a backlog), each a copy of ``template`` with its own task id; then VACUUM
     ANALYZE (what autovacuum does to a table that has settled). Returns the seconds it took.
 
     ``INSERT ... SELECT`` from ``generate_series`` with the template row: 1M rows need no
-    round trip per row."""
+    round trip per row. ``sent_per_ms``: the sent rows were sent that many per millisecond,
+    oldest first, ending at the template's ``created_at`` (as a relay marks a batch sent at one
+    time); 0: all at that time."""
     from celery_reliable.store.models import PendingMessage
 
     columns = [c.name for c in PendingMessage.__table__.columns if c.name != "id"]
@@ -169,13 +171,19 @@ def fill_generated(engine: Engine, template: dict[str, Any], sent: int, due: int
                 elif name == "status":
                     chosen.append(f"'{status}'")
                 elif name == "sent_at":
-                    chosen.append("t.created_at" if status == "sent" else "NULL")
+                    if status != "sent":
+                        chosen.append("NULL")
+                    elif sent_per_ms:
+                        spread = f"((:count - g) / {int(sent_per_ms)}) * interval '1 millisecond'"
+                        chosen.append(f"t.created_at - {spread}")
+                    else:
+                        chosen.append("t.created_at")
                 else:
                     chosen.append(f"t.{name}")
             conn.execute(
                 text(
                     f"INSERT INTO {PENDING} ({', '.join(columns)}) SELECT {', '.join(chosen)} "
-                    f"FROM {PENDING} AS t, generate_series(1, :count) WHERE t.id = 1"
+                    f"FROM {PENDING} AS t, generate_series(1, :count) AS g WHERE t.id = 1"
                 ),
                 {"count": count},
             )

@@ -189,8 +189,16 @@ class ReliableSettings:
         default=3600.0,
         metadata=doc(
             "Seconds between runs of the beat task celery_reliable.cleanup, which deletes "
-            "processed ids past their retention; None leaves it out of the beat schedule.",
+            "processed ids and sent pending rows past their retention; None leaves it out of the beat schedule.",
             seconds(30 * DAY, low_open=True),
+        ),
+    )
+    cleanup_time_limit: float | None = field(
+        default=60.0,
+        metadata=doc(
+            "Seconds after which a run of celery_reliable.cleanup starts no new batch of deletes "
+            "(a batch is 5000 rows); the next run goes on where it stopped. None: no limit.",
+            seconds(DAY),
         ),
     )
     publish_retries: int = field(

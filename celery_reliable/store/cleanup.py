@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Task, shared_task
 
@@ -17,12 +18,17 @@ logger = logging.getLogger(__name__)
 def cleanup(self: Task) -> int | None:  # type: ignore[type-arg]
     """Delete processed task ids and sent pending rows past their retention.
 
-    Returns None when nothing was deleted (the worker then logs the run at DEBUG); no task
-    events unless ``reliable_beat_task_events``.
+    A run deletes oldest first and starts no batch after ``reliable_cleanup_time_limit`` (both
+    tables share it), so it does not hold a worker slot for long on a large backlog: the next run
+    goes on. Returns None when nothing was deleted (the worker then logs the run at DEBUG); no
+    task events unless ``reliable_beat_task_events``.
     """
     settings = get_settings(self.app)
-    removed = purge_processed(self.app, settings.idempotency_retention)
-    removed += purge_sent(self.app, settings.pending_retention)
+    limit = settings.cleanup_time_limit
+    start = time.monotonic()
+    removed = purge_processed(self.app, settings.idempotency_retention, time_limit=limit)
+    left = None if limit is None else max(0.0, limit - (time.monotonic() - start))
+    removed += purge_sent(self.app, settings.pending_retention, time_limit=left)
     if not removed:
         return None
     logger.info("celery_reliable.cleanup removed %d processed ids and sent pending rows", removed)

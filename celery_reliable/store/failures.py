@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,19 +68,44 @@ def store_error(url: str, exc: BaseException) -> StoreError:
     return StoreError(str(diagnose(url, exc)))
 
 
-def delete_in_batches(app: Celery, key: Any, *conditions: Any, batch: int = 5000) -> int:
-    """Delete the rows of ``key``'s table matching ``conditions``, ``batch`` at a time.
+def batch_query(key: Any, age: Any, conditions: Sequence[Any], limit: int, floor: Any = None) -> Select[Any]:
+    """The rows of one cleanup batch: the first ``limit`` matching ``conditions`` by ``age``, from
+    ``floor`` on, locked with SKIP LOCKED (except on SQLite, which has no row locks).
 
-    Short transactions keep locks brief on a large table; returns how many rows went.
+    Walked through the index on ``age``; ``floor`` (the age of the last row of the batch before)
+    starts the scan where that batch ended instead of at the index's start, over the entries of
+    the rows already deleted, which stay until a vacuum.
     """
+    query = select(key, age).where(*conditions)
+    if floor is not None:
+        query = query.where(age >= floor)
+    return query.order_by(age).limit(limit).with_for_update(skip_locked=True)
+
+
+def delete_in_batches(
+    app: Celery, key: Any, age: Any, *conditions: Any, batch: int = 5000, time_limit: float | None = None
+) -> int:
+    """Delete the rows of ``key``'s table matching ``conditions``, oldest ``age`` first, ``batch`` at a
+    time; returns how many rows went.
+
+    Each batch is one short transaction (:func:`batch_query`, then a DELETE of its keys): a row
+    another transaction holds is skipped, never waited for, and no one waits on the cleanup longer
+    than one batch. Each batch starts at the last one's ``age``, so a run costs time in proportion
+    to the rows it deletes, not their square. ``time_limit``: no batch starts after that many
+    seconds (the rest is left to the next run).
+    """
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     total = 0
+    floor = None
     for _ in range(10_000):
         with session_scope(app) as session:
-            ids = list(session.execute(select(key).where(*conditions).limit(batch)).scalars())
-            if not ids:
-                break
-            session.execute(delete(key.class_).where(key.in_(ids)))
-            total += len(ids)
+            rows = session.execute(batch_query(key, age, conditions, batch, floor)).all()
+            if rows:
+                result = session.execute(delete(key.class_).where(key.in_([row[0] for row in rows])))
+                total += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        if len(rows) < batch or (deadline is not None and time.monotonic() >= deadline):
+            break
+        floor = rows[-1][1]
     return total
 
 

@@ -185,7 +185,12 @@ def mark_processed_many(app: Celery, marks: Sequence[tuple[str, str, datetime]])
     _raw(app, sql, rows, fetch=False, many=True)
 
 
-def purge_processed(app: Celery, older_than: float, batch: int = 5000) -> int:
-    """Delete processed ids completed more than ``older_than`` seconds ago, in batches."""
+def purge_processed(app: Celery, older_than: float, batch: int = 5000, time_limit: float | None = None) -> int:
+    """Delete processed ids completed more than ``older_than`` seconds ago, oldest first, in batches
+    (see :func:`~celery_reliable.store.failures.delete_in_batches`); ``time_limit``: seconds after
+    which no batch starts (the next run goes on)."""
     cutoff = utcnow() - timedelta(seconds=older_than)
-    return delete_in_batches(app, ProcessedTask.task_id, ProcessedTask.completed_at < cutoff, batch=batch)
+    return delete_in_batches(
+        app, ProcessedTask.task_id, ProcessedTask.completed_at, ProcessedTask.completed_at < cutoff,
+        batch=batch, time_limit=time_limit,
+    )  # fmt: skip

@@ -112,7 +112,8 @@ def _bounds(name: str) -> Bounds:
 
 
 def test_every_numeric_setting_is_covered() -> None:
-    assert len(NUMERIC) == 26 and {"relay_batch_size", "cleanup_interval", "worker_heartbeat"} <= set(NUMERIC)
+    assert len(NUMERIC) == 27 and {"relay_batch_size", "cleanup_interval", "worker_heartbeat"} <= set(NUMERIC)
+    assert "cleanup_time_limit" in NUMERIC
     assert "idempotency_flush_interval" in NUMERIC
     assert {"reconcile_after", "reconcile_rabbitmq_after"} <= set(NUMERIC)
 
