@@ -13,8 +13,10 @@ thread calls ``purge_sent`` the way the beat task does, run after run with ``--t
 until one finds nothing, when this version of celery_reliable takes one), then ``--after``
 seconds alone again. Reported: the cleanup's time and rows per second, its runs, the claim's
 latency (p50, p99, max) in each phase, the rows deleted every few seconds (from the table's
-statistics), and EXPLAIN (ANALYZE, BUFFERS) of a cleanup batch once half the rows are gone
-(concurrent with the cleanup).
+statistics), and EXPLAIN (ANALYZE, BUFFERS) of a cleanup batch: the first, the first of a run
+going on where the last stopped, and (``--halfway-plan``) one from the start of the index once
+half the rows are gone, concurrent with the cleanup (what every batch cost before batches
+started where the last ended).
 
 A PostgreSQL database of its own is created next to ``--pg-url`` and dropped at the end; the
 app's broker URL (Redis db ``--redis-db``) is never used. Every loop is bounded in count and time.
@@ -97,7 +99,7 @@ def deleted_so_far(engine: Engine) -> int:
     return int(value or 0)
 
 
-def explain_batch(engine: Engine, batch: int, cutoff: datetime) -> list[str]:
+def explain_batch(engine: Engine, batch: int, cutoff: datetime, floor: Any = None) -> list[str]:
     """EXPLAIN (ANALYZE, BUFFERS) of one cleanup batch's select, rolled back: the library's own
     statement when it has one (``sent_batch_query``), else the select of ``delete_in_batches``."""
     from sqlalchemy import or_, select
@@ -108,7 +110,7 @@ def explain_batch(engine: Engine, batch: int, cutoff: datetime) -> list[str]:
 
     builder = getattr(pending, "sent_batch_query", None)
     if builder is not None:
-        statement = builder(cutoff, batch)
+        statement = builder(cutoff, batch, floor)
     else:
         finished = or_(PendingMessage.status == PendingStatus.DONE, PendingMessage.tracked.is_(False))
         statement = (
@@ -141,7 +143,10 @@ def run_cleanup(
 
     bounded = "time_limit" in inspect.signature(purge_sent).parameters
     runs: list[tuple[int, float]] = []
-    plan: list[str] = []
+    from celery_reliable.store import failures
+
+    plans = {"the first batch, before the cleanup": explain_batch(engine, args.batch, args.cutoff)}
+    halfway: list[str] = []
     done = threading.Event()
 
     def sample() -> None:
@@ -151,8 +156,8 @@ def run_cleanup(
             if done.wait(args.sample_every):
                 return
             progress.append((time.monotonic() - start, deleted_so_far(engine) - base))
-            if not plan and progress[-1][1] >= args.rows // 2:
-                plan.extend(explain_batch(engine, args.batch, args.cutoff))
+            if args.halfway_plan and not halfway and progress[-1][1] >= args.rows // 2:
+                halfway.extend(explain_batch(engine, args.batch, args.cutoff))
 
     sampler = threading.Thread(target=sample, daemon=True, name="bench-sampler")
     sampler.start()
@@ -168,12 +173,18 @@ def run_cleanup(
             log(f"cleanup run {len(runs)}: {removed:,} rows in {runs[-1][1]:.1f}s")
             if not removed or not bounded:
                 break
+            resumed = dict(getattr(failures, "_resume", {}))
+            label = "the first batch of a run going on where the last one stopped"
+            if len(resumed) == 1 and label not in plans:
+                plans[label] = explain_batch(engine, args.batch, args.cutoff, next(iter(resumed.values())))
     finally:
         done.set()
         sampler.join(timeout=10)
     took = time.perf_counter() - start
     total = sum(r for r, _ in runs)
-    return {"bounded": bounded, "runs": runs, "seconds": took, "rows": total, "plan": plan}
+    if halfway:
+        plans["half-way, from the start of the index (concurrent with the cleanup)"] = halfway
+    return {"bounded": bounded, "runs": runs, "seconds": took, "rows": total, "plans": plans}
 
 
 def report(results: dict[str, Any], args: argparse.Namespace, command: str) -> str:
@@ -207,8 +218,8 @@ def report(results: dict[str, Any], args: argparse.Namespace, command: str) -> s
         last_t, last_n = t, n
     lines += ["", "Runs (rows, seconds):", ""]
     lines += [f"- {r:,} rows, {s:.1f}s" for r, s in c["runs"][:50]]
-    if c["plan"]:
-        lines += ["", "EXPLAIN (ANALYZE, BUFFERS) of a cleanup batch half-way:", "", "```", *c["plan"], "```"]
+    for label, plan in c["plans"].items():
+        lines += ["", f"EXPLAIN (ANALYZE, BUFFERS) of {label}:", "", "```", *plan, "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -226,6 +237,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--claim-every", type=float, default=0.05, help="seconds between claims")
     parser.add_argument("--before", type=float, default=10.0, help="seconds of claims before the cleanup")
     parser.add_argument("--after", type=float, default=5.0, help="seconds of claims after the cleanup")
+    parser.add_argument(
+        "--halfway-plan", action="store_true", help="EXPLAIN ANALYZE a batch from the index's start half-way"
+    )
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between progress samples")
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="the claim thread stops after this")
     parser.add_argument(
@@ -259,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         results["server"] = store.server_version
         engine = create_engine(store.url, pool_size=2)
         app = make_app("cleanup", broker, f"reliable-bench-clean-{uuid.uuid4().hex[:8]}", db_url=store.url)
-        log(f"database {store.name}: filling {args.rows:,} sent + {args.backlog:,} due rows")
+        log(f"database {store.name}: filling {args.rows:,} + {args.kept:,} sent + {args.backlog:,} due rows")
         template = pending_rows(app, 0, 1)[0]
         sent = args.rows + args.kept
         results["fill_s"] = fill_generated(engine, template, sent, args.backlog, sent_per_ms=args.sent_per_ms)

@@ -82,6 +82,13 @@ def batch_query(key: Any, age: Any, conditions: Sequence[Any], limit: int, floor
     return query.order_by(age).limit(limit).with_for_update(skip_locked=True)
 
 
+#: Where a run stopped by its time limit ended (the age of its last row), per database and table:
+#: the next run in this process starts there instead of walking again over the index entries of
+#: the rows deleted before (they stay until a vacuum). A run that reaches the end leaves none, so
+#: the run after it starts at the beginning and takes the rows skipped on the way (held then).
+_resume: dict[tuple[str, str], Any] = {}
+
+
 def delete_in_batches(
     app: Celery, key: Any, age: Any, *conditions: Any, batch: int = 5000, time_limit: float | None = None
 ) -> int:
@@ -92,20 +99,26 @@ def delete_in_batches(
     another transaction holds is skipped, never waited for, and no one waits on the cleanup longer
     than one batch. Each batch starts at the last one's ``age``, so a run costs time in proportion
     to the rows it deletes, not their square. ``time_limit``: no batch starts after that many
-    seconds (the rest is left to the next run).
+    seconds; the next run goes on from there.
     """
+    from ..config import get_settings
+
+    place = (get_settings(app).database_url, str(key.class_.__tablename__))
     deadline = None if time_limit is None else time.monotonic() + time_limit
     total = 0
-    floor = None
+    floor = _resume.pop(place, None)
     for _ in range(10_000):
         with session_scope(app) as session:
             rows = session.execute(batch_query(key, age, conditions, batch, floor)).all()
             if rows:
                 result = session.execute(delete(key.class_).where(key.in_([row[0] for row in rows])))
                 total += int(result.rowcount or 0)  # type: ignore[attr-defined]
-        if len(rows) < batch or (deadline is not None and time.monotonic() >= deadline):
-            break
+        if len(rows) < batch:
+            return total
         floor = rows[-1][1]
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    _resume[place] = floor
     return total
 
 

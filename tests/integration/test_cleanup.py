@@ -120,6 +120,25 @@ def test_a_run_bounded_in_time_leaves_the_rest_to_the_next(app: Celery) -> None:
     assert purge_sent(app, 3600, batch=5) == 12
 
 
+def test_a_row_skipped_by_a_run_that_went_on_later_is_deleted_by_a_run_from_the_start(pg_app: Celery) -> None:
+    url = str(pg_app.conf.reliable_database_url)
+    # Given the oldest sent row held by another transaction, and 6 others
+    [held] = _rows(pg_app, 1, status=PendingStatus.SENT, sent_at=OLD - timedelta(hours=1))
+    _rows(pg_app, 6, status=PendingStatus.SENT, sent_at=OLD)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as holder, holder.begin():
+            holder.execute(select(PendingMessage.id).where(PendingMessage.id == held).with_for_update())
+            # When runs of one batch of 3 each go on where the last stopped
+            runs = [purge_sent(pg_app, 3600, batch=3, time_limit=0) for _ in range(3)]
+    finally:
+        engine.dispose()
+    # Then they deleted the others and reached the end; the run after starts again at the beginning
+    assert runs == [3, 3, 0]
+    assert purge_sent(pg_app, 3600, batch=3, time_limit=0) == 1
+    assert _table(pg_app) == {}
+
+
 def test_processed_ids_are_purged_oldest_first_within_the_time_bound(app: Celery) -> None:
     now = datetime.now(timezone.utc)
     # Given 12 old ids, 8 of them completed at the same time (more than one batch of ties), and 2 recent ones
