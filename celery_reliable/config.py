@@ -19,9 +19,7 @@ from celery import Celery
 from .exceptions import ImproperlyConfigured
 from .settings_rules import (
     DAY,
-    Bounds,
-    accepted,
-    bad,
+    check_bounds,
     check_retry_policies,
     coerce,
     configured_keys,
@@ -338,13 +336,7 @@ class ReliableSettings:
     )
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            bounds: Bounds | None = f.metadata.get("bounds")
-            value = getattr(self, f.name)
-            if bounds is None or value is None:
-                continue
-            if not bounds.accepts(value):
-                raise bad(f.name, value, accepted(f))
+        check_bounds(self)
         check_retry_policies(self.retry_policies)
 
 

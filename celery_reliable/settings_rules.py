@@ -188,3 +188,12 @@ def check_retry_policies(policies: Mapping[str, Any]) -> None:
             bounds = POLICY_BOUNDS[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or not bounds.accepts(value):
                 raise bad("retry_policies", {exc_name: dict(policy)}, f"{key!r} as {bounds.words(False)}")
+
+
+def check_bounds(settings: Any) -> None:
+    """Refuse a field of ``settings`` (a dataclass) whose value is outside its :class:`Bounds`."""
+    for f in dataclasses.fields(settings):
+        bounds: Bounds | None = f.metadata.get("bounds")
+        value = getattr(settings, f.name)
+        if bounds is not None and value is not None and not bounds.accepts(value):
+            raise bad(f.name, value, accepted(f))
