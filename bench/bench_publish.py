@@ -667,7 +667,7 @@ class Bench:
                 self.empty("redis", n)
                 order = list(runs) if run % 2 == 0 else list(reversed(runs))  # alternate which goes first
                 for k in order:
-                    runs[k].append(self.scale_out(k, rows))
+                    runs[k].append(self.drain_by_relays(k, rows))
                 log(
                     f"relays run {run + 1}: "
                     + ", ".join(f"{k} relays {rs[-1].rate:,.0f} msg/s {rs[-1].shares}" for k, rs in runs.items())
@@ -677,7 +677,7 @@ class Bench:
             close_app(plain)
         self.results["relays"] = {"n": n, "runs": runs, "plain": plain_runs}
 
-    def scale_out(self, k: int, rows: list[dict[str, Any]]) -> scale_out.ScaleRun:
+    def drain_by_relays(self, k: int, rows: list[dict[str, Any]]) -> scale_out.ScaleRun:
         """One drain of ``rows`` by ``k`` relay processes started together; every count checked."""
         args = self.args
         n, timeout = len(rows), args.drain_timeout
