@@ -2,7 +2,8 @@
 
     python -m bench.bench_publish [--n 20000] [--n-amqp 10000] [--n-single 2000] [--n-outbox 500]
                                   [--runs 3] [--batch 500] [--claim-sizes 1000,10000,100000]
-                                  [--batch-sizes 100,500,2000,5000] [--sections redis,amqp,...]
+                                  [--batch-sizes 100,500,2000,5000] [--n-relays 20000]
+                                  [--relay-counts 1,2,4] [--sections redis,amqp,...]
 
 Sections (all in one run, each against plain Celery on the same broker):
 
@@ -19,6 +20,9 @@ Sections (all in one run, each against plain Celery on the same broker):
        itself) and against the batch size, and EXPLAIN (ANALYZE, BUFFERS) of the claim
     6  relay drain rate to Redis against the batch size
     7  where the relay's time goes: its steps one after another, timed, then under cProfile
+    8  scale out: 1, 2 and 4 relay processes at once draining one table of N pending rows into
+       Redis (each process its own app and engine, started together), against one relay and an
+       ``apply_async`` loop; every message checked to be in Redis exactly once (``bench.scale_out``)
 
 Everything runs on 127.0.0.1: a PostgreSQL database created and dropped here (next to
 ``--pg-url``), Redis db ``--redis-db`` with every key under a unique prefix (kombu's
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing
 import statistics
 import sys
 import threading
@@ -49,6 +54,7 @@ from celery import Celery
 from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench import scale_out
 from bench.bench_consumer import Store, code_version, delete_keys, environment, loadavg, log, proc_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +63,7 @@ TASK = "bench.publish.noop"
 PENDING = "celery_reliable_pending_message"
 #: The partial index on open rows (migration 0003) that the claim must use.
 OPEN_INDEX = "ix_celery_reliable_pending_message_open"
-SECTIONS = ("redis", "amqp", "single", "outbox", "claim", "batch", "profile")
+SECTIONS = ("redis", "amqp", "single", "outbox", "claim", "batch", "profile", "relays")
 
 #: Targets of the brief.
 TARGET_RELAY_REDIS_RATIO = 25.0
@@ -639,6 +645,107 @@ class Bench:
             close_app(app)
         self.results["batch"] = runs
 
+    # -- 8: several relays at once ----------------------------------------------------------------
+
+    def relays_section(self) -> None:
+        """k relay processes draining the same N rows, for each k; the apply_async loop in each run."""
+        args = self.args
+        n = args.n_relays
+        transport = {"global_keyprefix": self.redis.prefix}
+        plain = make_app("relays-plain", self.redis.url, self.queue, transport=transport)
+        task = plain.tasks[TASK]
+        maker = make_app("relays-rows", self.redis.url, self.queue, db_url=self.store.url, transport=transport)
+        try:
+            rows = pending_rows(maker, 0, n)
+        finally:
+            close_app(maker)
+        runs: dict[int, list[scale_out.ScaleRun]] = {k: [] for k in args.relay_count_list}
+        plain_runs: list[Rate] = []
+        try:
+            for i in range(200):  # warm-up
+                task.apply_async(*payload(i))
+            self.empty("redis", 200)
+            for run in range(args.runs):
+
+                def loop() -> None:
+                    for i in range(n):
+                        task.apply_async(*payload(i))
+
+                plain_runs.append(self.timed(n, loop, broker_cpu=True))
+                self.empty("redis", n)
+                order = list(runs) if run % 2 == 0 else list(reversed(runs))  # alternate which goes first
+                for k in order:
+                    runs[k].append(self.drain_by_relays(k, rows))
+                log(
+                    f"relays run {run + 1}: "
+                    + ", ".join(f"{k} relays {rs[-1].rate:,.0f} msg/s {rs[-1].shares}" for k, rs in runs.items())
+                    + f"; apply_async loop {plain_runs[-1].rate:,.0f} msg/s"
+                )
+        finally:
+            close_app(plain)
+        self.results["relays"] = {"n": n, "runs": runs, "plain": plain_runs}
+
+    def drain_by_relays(self, k: int, rows: list[dict[str, Any]]) -> scale_out.ScaleRun:
+        """One drain of ``rows`` by ``k`` relay processes started together; every count checked."""
+        args = self.args
+        n, timeout = len(rows), args.drain_timeout
+        ctx = multiprocessing.get_context("spawn")
+        ready, go, done = (ctx.Barrier(k + 1) for _ in range(3))
+        out = ctx.Queue()
+        conf = scale_out.RelayConf(self.redis.url, self.queue, self.store.url, self.redis.prefix, args.batch, timeout)
+        warm = 50 * k  # each relay's warm-up drains whatever of these it finds
+        fill(self.engine, rows[:warm])
+        procs = [
+            ctx.Process(
+                target=scale_out.relay_process,
+                args=(i, conf, ready, go, done, out),
+                name=f"bench-relay-{i}",
+                daemon=True,
+            )
+            for i in range(k)
+        ]
+        for proc in procs:
+            proc.start()
+        try:
+            scale_out.wait(ready, procs, timeout + 60, out)  # spawned and imported: allow for a slow start
+            if status_counts(self.engine) != {"sent": warm}:
+                raise RuntimeError(f"relays' warm-up left rows {status_counts(self.engine)}")
+            self.empty("redis", warm)
+            fill(self.engine, rows)
+            load = loadavg()
+            pg0, rd0, (machine0, cpus) = self.store.backend_cpu(), self.redis.server_cpu(), scale_out.cpu_seconds()
+            window = time.perf_counter()
+            scale_out.wait(go, procs, timeout, out)
+            reports = scale_out.results(out, procs, timeout + 30)
+            machine1, _ = scale_out.cpu_seconds()
+            window = time.perf_counter() - window
+            pg = self.store.backend_cpu() - pg0
+            rd = self.redis.server_cpu() - rd0
+            scale_out.wait(done, procs, timeout, out)
+            for proc in procs:
+                proc.join(timeout=60)
+            if any(proc.exitcode != 0 for proc in procs):
+                raise RuntimeError(f"relay processes exited with {[proc.exitcode for proc in procs]}")
+        finally:
+            for proc in procs:  # only on a failure: each of our own processes, by its handle
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(timeout=10)
+            out.close()
+        shares = [int(r["sent"]) for r in reports]
+        if sum(shares) != n or any(r["claimed"] != r["sent"] for r in reports):
+            raise RuntimeError(f"relays sent {shares} (claimed {[r['claimed'] for r in reports]}) of {n} rows")
+        counts = status_counts(self.engine)
+        if counts != {"sent": n}:
+            raise RuntimeError(f"relays left rows {counts}")
+        scale_out.check_queue(self.redis.client, self.redis.prefix + self.queue, {str(r["task_id"]) for r in rows})
+        self.redis.drop(self.queue)
+        seconds = max(r["last"] for r in reports if r["last"] is not None) - min(r["first"] for r in reports)
+        return scale_out.ScaleRun(
+            k, n, seconds, shares, [float(r["cpu"]) for r in reports], max(pg, 0.0), max(rd, 0.0),
+            (machine1 - machine0) / window, cpus, load,
+        )  # fmt: skip
+
     # -- 7: where the relay's time goes ------------------------------------------------------------
 
     def profile_section(self) -> None:
@@ -874,6 +981,14 @@ def report(bench: Bench, command: str) -> str:
                 f"| {label} | {pct(lat, 0.5):.2f} | {pct(lat, 0.9):.2f} | {pct(lat, 0.99):.2f} | {max(lat):.2f} "
                 f"| {pct(com, 0.5):.2f} | {pct(com, 0.99):.2f} |"
             )
+    if "relays" in res:
+        mine, base, ratio, met = scale_out.summary(res["relays"])
+        summary.append(
+            f"| (8) {', '.join(str(k) for k in res['relays']['runs'])} relays at once → Redis, "
+            f"N = {res['relays']['n']:,}, every message once | {mine} | {base} | {ratio} "
+            f"| no message twice (else the run fails); 2 relays ≥ 1 relay | {verdict(met)} (informational) |"
+        )
+        details += scale_out.details(res["relays"], args.batch)
     if "claim" in res:
         details += claim_details(res["claim"], args)
     if "batch" in res:
@@ -1045,6 +1160,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-sizes", default="100,500,2000,5000", help="relay batch sizes of the batch section and of the claim"
     )
+    parser.add_argument("--n-relays", type=int, default=20000, help="rows drained by several relays at once")
+    parser.add_argument("--relay-counts", default="1,2,4", help="numbers of relay processes of the relays section")
     parser.add_argument("--profile-top", type=int, default=15, help="functions listed by the profile section")
     parser.add_argument("--drain-timeout", type=float, default=120.0)
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"some of {','.join(SECTIONS)}")
@@ -1063,6 +1180,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.claim_size_list = [int(s) for s in args.claim_sizes.split(",") if s.strip()]
     args.section_list = [s.strip() for s in args.sections.split(",") if s.strip()]
     args.batch_size_list = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
+    args.relay_count_list = sorted({int(s) for s in args.relay_counts.split(",") if s.strip()})
+    if "relays" in args.section_list and not (
+        args.relay_count_list
+        and 1 <= min(args.relay_count_list)
+        and max(args.relay_count_list) <= 16
+        and args.n_relays >= 1
+    ):
+        parser.error("--relay-counts: numbers of relays from 1 to 16; --n-relays: at least 1 row")
     for name, values in (("--claim-sizes", args.claim_size_list), ("--batch-sizes", args.batch_size_list)):
         if any(v < 1 for v in values):
             parser.error(f"{name}: every size must be a positive number of rows")
@@ -1111,6 +1236,8 @@ def run(argv: list[str] | None = None, quiet: bool = False) -> tuple[dict[str, A
             bench.batch_section()
         if "profile" in args.section_list:
             bench.profile_section()
+        if "relays" in args.section_list:
+            bench.relays_section()
         if "claim" in args.section_list and args.claim_size_list:
             bench.claim_section()
         text_md = report(bench, command)

@@ -11,8 +11,9 @@ Parts, each against plain Celery on the same machine, brokers and database, in t
               (main and pool processes, ``bench.bench_memory``) is read after its last task
     publish   ``bench.bench_publish``: relay drain to Redis and to RabbitMQ (confirms),
               ``publish()`` against ``apply_async``, outbox commit -> broker latency, the relay's
-              drain rate against its batch size, where its time goes (profile), and the claim's
-              cost against the pending table's size (1k -> 1M rows) with its query plan
+              drain rate against its batch size, where its time goes (profile), 1, 2 and 4 relay
+              processes draining one table at once (every message checked to be sent once), and
+              the claim's cost against the pending table's size (1k -> 1M rows) with its query plan
     outbox    ``bench.bench_outbox``: staging messages with the outbox (``send()``, ``send_many()``)
               against an ``apply_async`` loop, per message, interleaved runs
     fetch     ``bench.bench_fetch``: a kombu consumer draining Redis with kombu's fetch against
@@ -40,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import bench_consumer, bench_fetch, bench_import, bench_outbox, bench_publish, bench_recovery
+from bench import bench_consumer, bench_fetch, bench_import, bench_outbox, bench_publish, bench_recovery, scale_out
 from bench.bench_memory import MemoryProbe, mib
 from bench.bench_memory import report_table as memory_table
 
@@ -55,11 +56,12 @@ CONSUMER = {
 PUBLISH = {
     "quick": [
         "--n", "5000", "--n-amqp", "2000", "--n-single", "500", "--n-outbox", "200", "--runs", "1",
-        "--batch-sizes", "100,500,2000", "--claim-backlog", "5000", "--claim-repeats", "3",
+        "--batch-sizes", "100,500,2000", "--claim-backlog", "5000", "--claim-repeats", "3", "--n-relays", "5000",
     ],
     "full": [
         "--n", "20000", "--n-amqp", "10000", "--n-single", "2000", "--n-outbox", "500", "--runs", "3",
         "--batch-sizes", "100,500,2000,5000", "--claim-backlog", "10000", "--claim-repeats", "7",
+        "--n-relays", "20000",
     ],
 }  # fmt: skip
 #: The parts of a run, in order.
@@ -86,6 +88,7 @@ BEFORE = {
     "relay-amqp": "3,308 msg/s, 4.3x",
     "outbox": "p50 2.6 ms, p99 3.7 ms",
     "claim": "25.7 ms at 1M sent rows, 1.32x",
+    "relays": "(new)",
     "send": "≈ 0.5x (527 vs 987 msg/s)",
     "send_many": "(new)",
     "fetch": "0.90x",
@@ -274,6 +277,21 @@ def publish_rows(res: dict[str, Any]) -> list[Row]:
                 "(scaling)",
             )
         )
+    if res.get("relays"):
+        mine, base, ratio, met = scale_out.summary(res["relays"])
+        counts = ", ".join(str(k) for k in res["relays"]["runs"])
+        rows.append(
+            Row(
+                f"relays at once ({counts} processes) draining one table → Redis, N = {res['relays']['n']:,}; "
+                "every message checked once in Redis",
+                mine,
+                base,
+                ratio + ("" if met else " (2 relays below 1)"),
+                "no message twice (a duplicate fails the run); throughput with 2 relays ≥ 1 relay: informational",
+                None,
+                BEFORE["relays"],
+            )
+        )
     if "claim" in res and res["claim"]["table"]:
         table = res["claim"]["table"]
         # the small table's claim timed right after the largest one, at the same load, if measured
@@ -406,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             sections += bench_publish.batch_details(results["batch"], pub_args)
         if "profile" in results:
             sections += bench_publish.profile_details(results["profile"], pub_args)
+        if "relays" in results:
+            sections += scale_out.details(results["relays"], pub_args.batch)
         if "claim" in results:
             sections += bench_publish.claim_details(results["claim"], pub_args)
     if "outbox" in args.part_list:
