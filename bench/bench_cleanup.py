@@ -6,7 +6,7 @@
 The table is filled in PostgreSQL itself (``fill_generated`` of ``bench_publish``): ``--rows``
 sent rows past their retention, sent ``--sent-per-ms`` per millisecond like relay batches, and
 a due backlog of ``--backlog`` rows. A relay-like thread then claims ``--claim-batch`` due rows
-(``claim_rows(..., light=True)``, the relay's statement; each batch above the last, as a relay
+(``claim_batch(..., light=True)``, the relay's claim; each batch above the last, as a relay
 pass does, from the start again at the end) and releases them, every
 ``--claim-every`` seconds, for ``--before`` seconds alone, then while the cleanup runs (the main
 thread calls ``purge_sent`` the way the beat task does, run after run with ``--time-limit``
@@ -61,15 +61,24 @@ class Claimer(threading.Thread):
     def run(self) -> None:
         from celery_reliable.store.claims import claim_rows, release
 
+        try:  # the relay's own claim: rows locked in a transaction (PostgreSQL), or leased
+            from celery_reliable.store.batches import claim_batch
+        except ImportError:
+            claim_batch = None  # type: ignore[assignment]
         try:
             after_id: int | None = None
             for _ in range(10_000_000):
                 if self.stop_event.is_set() or time.monotonic() > self.deadline:
                     return
                 start = time.perf_counter()
-                token, rows = claim_rows(self.app, limit=self.batch, lease=60, after_id=after_id, light=True)
-                took = (time.perf_counter() - start) * 1000
-                release(self.app, token, [r.id for r in rows])
+                if claim_batch is None:
+                    token, rows = claim_rows(self.app, limit=self.batch, lease=60, after_id=after_id, light=True)
+                    took = (time.perf_counter() - start) * 1000
+                    release(self.app, token, [r.id for r in rows])
+                else:
+                    held, rows = claim_batch(self.app, limit=self.batch, lease=60, after_id=after_id, light=True)
+                    took = (time.perf_counter() - start) * 1000
+                    held.abandon([r.id for r in rows])
                 if not rows and after_id is None:
                     raise RuntimeError("a claim found no due row")
                 # a relay pass: the next batch above this one, from the start again at the end
@@ -261,8 +270,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None, quiet: bool = False) -> tuple[dict[str, Any], argparse.Namespace, str]:
+    """Fill, clean up while claiming, report; returns (results, arguments, the report's Markdown)."""
     args = parse_args(argv)
     command = " ".join(["python -m bench.bench_cleanup", *(sys.argv[1:] if argv is None else argv)])
+    text_md = ""
     broker = f"{args.redis.rstrip('/')}/{args.redis_db}"
     store = Store("postgres", args.pg_url)
     engine: Engine | None = None
@@ -310,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text_md)
-        print(text_md)
+        if not quiet:
+            print(text_md)
         log(f"written to {output}")
     finally:
         if app is not None:
@@ -319,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             engine.dispose()
         store.drop()
         log(f"dropped database {store.name}")
-    return 0
+    return results, args, text_md
 
 
 if __name__ == "__main__":
