@@ -279,7 +279,8 @@ class ReliableSettings:
     relay_lease: float = field(
         default=60.0,
         metadata=doc(
-            "Seconds a claimed row belongs to its relay; after that another relay may take it.",
+            "Seconds a claimed row belongs to its relay; after that another relay may take it (on PostgreSQL "
+            "the longest a relay's batch transaction may idle).",
             seconds(DAY, low_open=True),
         ),
     )

@@ -3,9 +3,10 @@
 A claim leases rows to one holder under a fresh fencing token: every later update names that
 token, so a relay whose lease ran out (and whose rows another relay took) changes nothing.
 PostgreSQL and MariaDB claim with ``FOR UPDATE SKIP LOCKED``, so relays never wait on each
-other; SQLite claims with one ``UPDATE`` statement (a single writer at a time). This module is
-the one owner of a pending row's state changes while a relay holds it: claimed, sent, given
-back, failed (backed off or dead), expired or invalid.
+other; SQLite claims with one ``UPDATE`` statement (a single writer at a time). With
+:mod:`.batches` (the relay's batches, locked and written once on PostgreSQL), this module owns a
+pending row's state changes while a relay holds it: claimed, sent, given back, failed (backed
+off or dead), expired or invalid.
 """
 
 from __future__ import annotations
