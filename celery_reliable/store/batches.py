@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from celery import Celery
-from sqlalchemy import BigInteger, Connection, Select, Table, any_, bindparam, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Connection, Select, Table, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..config import get_settings
@@ -38,14 +37,17 @@ from .claims import (
     claim_rows,
     due,
     fail_rows,
+    id_among,
     mark_failed,
     mark_sent,
     mark_status,
     release,
+    sent_values,
+    status_values,
 )
 from .engine import get_autocommit_engine
 from .failures import store_error
-from .models import PendingMessage, PendingStatus, utcnow
+from .models import PendingMessage, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -165,16 +167,10 @@ class LockedClaim:
         self.lost = False
 
     def sent(self, ids: Sequence[int], check_after: float | None = None) -> int:
-        now = utcnow()
-        values: dict[str, Any] = {"status": PendingStatus.SENT, "sent_at": now, "claim_token": None}
-        values["lease_expires_at"] = None
-        if check_after is not None:
-            values.update(tracked=True, next_attempt_at=now + timedelta(seconds=check_after))
-        return self._update(ids, values)
+        return self._update(ids, sent_values(check_after))
 
     def status(self, ids: Sequence[int], status: str, error: str) -> int:
-        values = {"status": status, "last_error": error[:10000], "claim_token": None, "lease_expires_at": None}
-        return self._update(ids, values)
+        return self._update(ids, status_values(status, error))
 
     def release(self, ids: Sequence[int]) -> int:
         """Rows not tried: nothing to write, the commit unlocks them as they were."""
@@ -222,7 +218,7 @@ class LockedClaim:
     def _update(self, ids: Sequence[int], values: dict[str, Any]) -> int:
         if not ids:
             return 0
-        matches = _T.c.id == any_(bindparam("held_ids", list(ids), type_=ARRAY(BigInteger)))
+        matches = id_among("postgresql", ids)
         count = self._run(lambda conn: conn.execute(update(_T).where(matches).values(**values)).rowcount)
         return int(count or 0)
 

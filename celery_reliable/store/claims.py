@@ -39,7 +39,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..config import get_settings
@@ -160,11 +159,6 @@ def _chosen(dialect: str, chosen: Select[tuple[int]]) -> ColumnElement[bool]:
     return _T.c.id.in_(chosen.scalar_subquery())
 
 
-def postgres_claim(chosen: Select[tuple[int]], values: dict[str, Any]) -> Update:
-    """PostgreSQL's claim as one statement, returning the columns the relay sends."""
-    return update(_T).where(_chosen("postgresql", chosen)).values(**values).returning(*SEND_COLUMNS)
-
-
 def _one_statement(dialect: Dialect) -> bool:
     """Whether a claim is one ``UPDATE ... RETURNING`` (PostgreSQL; SQLite >= 3.35, one writer at a time)."""
     return dialect.name == "postgresql" or (dialect.name == "sqlite" and bool(dialect.update_returning))
@@ -273,18 +267,36 @@ def claim(
         return token, list(session.scalars(query))
 
 
+def id_among(dialect: str, ids: Sequence[int]) -> ColumnElement[bool]:
+    """``id`` is one of ``ids``: on PostgreSQL one array parameter instead of one parameter per id."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return _T.c.id == any_(bindparam("row_ids", list(ids), type_=ARRAY(BigInteger)))
+    return _T.c.id.in_(list(ids))
+
+
+def sent_values(check_after: float | None = None) -> dict[str, Any]:
+    """The columns of a row just sent (``check_after``: see :func:`mark_sent`)."""
+    now = utcnow()
+    values: dict[str, Any] = {"status": PendingStatus.SENT, "sent_at": now, "claim_token": None}
+    values["lease_expires_at"] = None
+    if check_after is not None:
+        values.update(tracked=True, next_attempt_at=now + timedelta(seconds=check_after))
+    return values
+
+
+def status_values(status: str, error: str) -> dict[str, Any]:
+    """The columns of a row moved to a final state (expired, invalid, dead) for ``error``."""
+    return {"status": status, "last_error": error[:10000], "claim_token": None, "lease_expires_at": None}
+
+
 def _update_claimed(app: Celery, token: str, ids: Sequence[int], values: dict[str, Any]) -> int:
     """Update the rows among ``ids`` that ``token`` still holds; returns how many."""
     if not ids:
         return 0
     with relay_connection(app) as conn:
-        if conn.dialect.name == "postgresql":
-            # One array parameter instead of one parameter per id.
-            from sqlalchemy.dialects.postgresql import ARRAY
-
-            matches = _T.c.id == any_(bindparam("claimed_ids", list(ids), type_=ARRAY(BigInteger)))
-        else:
-            matches = _T.c.id.in_(list(ids))
+        matches = id_among(conn.dialect.name, ids)
         result = conn.execute(update(_T).where(matches, _T.c.claim_token == token).values(**values))
         return int(result.rowcount or 0)
 
@@ -295,18 +307,12 @@ def mark_sent(app: Celery, token: str, ids: Sequence[int], check_after: float | 
     ``check_after``: the rows are tracked by the ledger (they wait for their task's outcome); the
     relay first looks for them in the broker that many seconds from now.
     """
-    now = utcnow()
-    values: dict[str, Any] = {"status": PendingStatus.SENT, "sent_at": now, "claim_token": None}
-    values["lease_expires_at"] = None
-    if check_after is not None:
-        values.update(tracked=True, next_attempt_at=now + timedelta(seconds=check_after))
-    return _update_claimed(app, token, ids, values)
+    return _update_claimed(app, token, ids, sent_values(check_after))
 
 
 def mark_status(app: Celery, token: str, ids: Sequence[int], status: str, error: str) -> int:
     """Move claimed rows to a final state (expired, invalid, dead) with the reason."""
-    values = {"status": status, "last_error": error[:10000], "claim_token": None, "lease_expires_at": None}
-    return _update_claimed(app, token, ids, values)
+    return _update_claimed(app, token, ids, status_values(status, error))
 
 
 def release(app: Celery, token: str, ids: Sequence[int]) -> int:
