@@ -38,7 +38,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import Engine, create_engine, text
 
-from bench.bench_consumer import Store, code_version, loadavg, log
+from bench.bench_consumer import Store, code_version, loadavg, log, require_loopback
 from bench.bench_publish import PENDING, close_app, fill_generated, make_app, pct, pending_rows, table_size
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,9 +259,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-db", type=int, default=13, help="Redis database number")
     parser.add_argument("--output", default=str(RESULTS / "cleanup.md"))
     args = parser.parse_args(argv)
-    for url in (args.redis, args.pg_url):
-        if "127.0.0.1" not in url and "localhost" not in url:
-            parser.error(f"{url}: only servers on 127.0.0.1 are used")
+    require_loopback(parser, args.redis, args.pg_url)
     if args.kept % args.sent_per_ms:
         parser.error("--kept must be a multiple of --sent-per-ms (the cutoff falls between two sends)")
     if args.backlog < args.claim_batch:

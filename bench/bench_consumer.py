@@ -82,6 +82,13 @@ TARGET_IDEMPOTENT = 0.9
 TARGET_FAILURE_MS = 2.0
 
 
+def require_loopback(parser: argparse.ArgumentParser, *urls: str) -> None:
+    """Refuse (a usage error) any server URL that is not on this machine: benchmarks never leave it."""
+    for url in urls:
+        if "127.0.0.1" not in url and "localhost" not in url:
+            parser.error(f"{url}: only servers on 127.0.0.1 are used")
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -843,9 +850,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start-timeout", type=float, default=90.0)
     parser.add_argument("--output", default=str(RESULTS / "consumer.md"))
     args = parser.parse_args(argv)
-    for url in (args.redis, args.pg_url):
-        if "127.0.0.1" not in url and "localhost" not in url:
-            parser.error(f"{url}: only servers on 127.0.0.1 are used")
+    require_loopback(parser, args.redis, args.pg_url)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(variants) - set(LABELS)
     if unknown:

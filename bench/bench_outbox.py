@@ -37,7 +37,7 @@ from celery import Celery
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
-from bench.bench_consumer import Store, delete_keys, log
+from bench.bench_consumer import Store, delete_keys, log, require_loopback
 from bench.bench_publish import PENDING, TASK, close_app, make_app, payload
 
 #: Targets: per message, against an apply_async loop in the same run.
@@ -170,9 +170,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server URL")
     parser.add_argument("--redis-db", type=int, default=14, help="Redis database number")
     args = parser.parse_args(argv)
-    for url in (args.redis, args.pg_url):
-        if "127.0.0.1" not in url and "localhost" not in url:
-            parser.error(f"{url}: only servers on 127.0.0.1 are used")
+    require_loopback(parser, args.redis, args.pg_url)
     if not 1 <= args.n <= 100_000 or not 1 <= args.runs <= 50:
         parser.error("--n from 1 to 100000, --runs from 1 to 50")
     return args

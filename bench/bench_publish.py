@@ -55,7 +55,7 @@ from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench import scale_out
-from bench.bench_consumer import Store, code_version, delete_keys, environment, loadavg, log, proc_cpu
+from bench.bench_consumer import Store, code_version, delete_keys, environment, loadavg, log, proc_cpu, require_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -1174,9 +1174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//", help="RabbitMQ URL")
     parser.add_argument("--output", default=str(RESULTS / "publish.md"))
     args = parser.parse_args(argv)
-    for url in (args.redis, args.pg_url, args.amqp):
-        if "127.0.0.1" not in url and "localhost" not in url:
-            parser.error(f"{url}: only servers on 127.0.0.1 are used")
+    require_loopback(parser, args.redis, args.pg_url, args.amqp)
     args.claim_size_list = [int(s) for s in args.claim_sizes.split(",") if s.strip()]
     args.section_list = [s.strip() for s in args.sections.split(",") if s.strip()]
     args.batch_size_list = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
