@@ -161,6 +161,20 @@ def key_prefix(redis_url: str, label: str) -> Iterator[str]:
         client.close()
 
 
+def store_app(db_url: str, name: str = "store") -> Iterator[Celery]:
+    """An app whose reliability tables are migrated in ``db_url`` (no broker is used); its engines
+    are disposed afterwards. For fixtures: ``yield from store_app(any_db_url)``."""
+    from celery_reliable.store.engine import dispose
+    from celery_reliable.store.migrate import upgrade
+
+    app = Celery(name, broker="memory://", set_as_current=False)
+    app.conf.reliable_database_url = db_url
+    upgrade(app)
+    yield app
+    dispose(app)
+    app.close()
+
+
 def unique_queue(request: pytest.FixtureRequest) -> str:
     return f"rt-{request.node.name[:30]}-{uuid.uuid4().hex[:8]}".replace("[", "-").replace("]", "")
 

@@ -12,13 +12,12 @@ import pytest
 from celery import Celery
 from sqlalchemy import create_engine, insert, select, update
 
-from celery_reliable import upgrade
 from celery_reliable.config import reset_settings
 from celery_reliable.message.prepare import prepare
-from celery_reliable.store.engine import dispose
 from celery_reliable.store.models import PendingMessage, PendingStatus, ProcessedTask
 from celery_reliable.store.pending import add_pending, purge_sent
 from celery_reliable.store.processed import is_processed, purge_processed
+from tests.conftest import store_app
 from tests.integration.test_publish import pending_rows, sql
 
 pytestmark = pytest.mark.integration
@@ -26,23 +25,14 @@ pytestmark = pytest.mark.integration
 OLD = datetime.now(timezone.utc) - timedelta(days=2)
 
 
-def _app(url: str) -> Iterator[Celery]:
-    app = Celery("cleanup", broker="memory://", set_as_current=False)
-    app.conf.reliable_database_url = url
-    upgrade(app)
-    yield app
-    dispose(app)
-    app.close()
-
-
 @pytest.fixture
 def app(any_db_url: str) -> Iterator[Celery]:
-    yield from _app(any_db_url)
+    yield from store_app(any_db_url, "cleanup")
 
 
 @pytest.fixture
 def pg_app(postgres_db: str) -> Iterator[Celery]:
-    yield from _app(postgres_db)
+    yield from store_app(postgres_db, "cleanup")
 
 
 def _rows(app: Celery, count: int, **values: object) -> list[int]:

@@ -9,12 +9,11 @@ import pytest
 from celery import Celery
 from sqlalchemy import update
 
-from celery_reliable import upgrade
 from celery_reliable.message.prepare import prepare
 from celery_reliable.store.claims import claim, mark_failed, mark_sent, mark_status, release
-from celery_reliable.store.engine import dispose
 from celery_reliable.store.models import PendingMessage, PendingStatus
 from celery_reliable.store.pending import add_pending, count_by_status, purge_sent
+from tests.conftest import store_app
 from tests.integration.test_publish import pending_rows, sql
 
 pytestmark = pytest.mark.integration
@@ -22,12 +21,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def app(any_db_url: str) -> Iterator[Celery]:
-    app = Celery("pending-store", broker="memory://", set_as_current=False)
-    app.conf.reliable_database_url = any_db_url
-    upgrade(app)
-    yield app
-    dispose(app)
-    app.close()
+    yield from store_app(any_db_url, "pending-store")
 
 
 def _add(app: Celery, count: int, delay: float = 0.0) -> list[int]:

@@ -38,9 +38,7 @@ def _updated_tuples(db_url: str, at_least: int) -> int:
     ``at_least`` (bounded), then once more after they had time to move further.
     """
     engine = create_engine(db_url, isolation_level="AUTOCOMMIT")
-    query = text(
-        "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'celery_reliable_pending_message'"
-    )
+    query = text("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'celery_reliable_pending_message'")
     try:
         with engine.connect() as conn:
             deadline = time.monotonic() + 15

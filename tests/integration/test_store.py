@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -42,17 +43,14 @@ from celery_reliable.store.processed import (
     mark_processed_many,
     purge_processed,
 )
+from tests.conftest import store_app
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def app(any_db_url: str):  # type: ignore[no-untyped-def]
-    app = Celery("store", broker="memory://", set_as_current=False)
-    app.conf.reliable_database_url = any_db_url
-    upgrade(app)
-    yield app
-    dispose(app)
+def app(any_db_url: str) -> Iterator[Celery]:
+    yield from store_app(any_db_url)
 
 
 def _record(task_id: str, **kw: object) -> FailureRecord:
